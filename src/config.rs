@@ -1,0 +1,267 @@
+//! The YAML configuration file: its typed shape, `${ENV}` expansion and loading. Validation
+//! lives in `config/validate.rs`; turning a valid config into live state is `topology.rs`.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::validate;
+
+/// One thing wrong with a configuration file, located by its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted YAML path such as `clusters.app.replicas[1].port`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where applications connect (restart to change).
+    pub listen: String,
+    /// Admin HTTP listener; optional until the admin surface lands.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// Where this proxy runs: the fallback client location.
+    pub region: String,
+    /// Named places with coordinates, for distance ranking.
+    #[serde(default)]
+    pub regions: BTreeMap<String, Region>,
+    /// TLS toward clients; without it SSLRequest is answered 'N'.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    pub users: Vec<User>,
+    /// Keyed by the database name clients connect with.
+    pub clusters: BTreeMap<String, Cluster>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse clients that do not negotiate TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Used to authenticate the client and, as the same user, to log in to backends.
+    pub password: String,
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub primary: Node,
+    #[serde(default)]
+    pub replicas: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub region: String,
+    /// Database name on the backend; defaults to the cluster's name.
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub tls: BackendTls,
+    /// CA bundle (PEM) for `tls: verify-full`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// TLS toward a backend, named as libpq's sslmode.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTls {
+    Disable,
+    /// Try TLS, fall back to plain text if the server declines.
+    #[default]
+    Prefer,
+    /// TLS without certificate verification.
+    Require,
+    /// TLS with the certificate checked against `tls_ca` and the host name.
+    VerifyFull,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest client message accepted (bytes); larger ones end the session with 54000.
+    pub max_message_bytes: usize,
+    /// Client sessions beyond this are refused with 53300.
+    pub max_client_connections: usize,
+    /// Time a client has from TCP accept to authenticated.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Time to establish and authenticate a backend connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Close sessions idle (outside a transaction) this long; 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// On SIGTERM, sessions get this long to finish their transaction before being closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            max_client_connections: 10_000,
+            startup_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            client_idle_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Parses YAML text, expands `${VAR}` references through `env`, and validates.
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<Problem>> {
+        let mut config: Config = serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+        let mut problems = Vec::new();
+        config.expand_env(env, &mut problems);
+        problems.extend(validate(&config));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Reads and checks a file, with the process environment for `${VAR}`.
+    pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Problem::new("", format!("cannot read {}: {e}", path.display()))])?;
+        Config::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+        for (i, user) in self.users.iter_mut().enumerate() {
+            expand_field(&mut user.password, &format!("users[{i}].password"), env, problems);
+        }
+        for (name, cluster) in &mut self.clusters {
+            let prefix = format!("clusters.{name}");
+            expand_field(&mut cluster.primary.host, &format!("{prefix}.primary.host"), env, problems);
+            for (i, node) in cluster.replicas.iter_mut().enumerate() {
+                expand_field(&mut node.host, &format!("{prefix}.replicas[{i}].host"), env, problems);
+            }
+        }
+    }
+}
+
+/// serde_norway errors already carry the YAML path and line; keep the path as ours.
+fn yaml_problem(e: &serde_norway::Error) -> Problem {
+    let text = e.to_string();
+    match text.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => Problem::new(path, rest),
+        _ => Problem::new("", text),
+    }
+}
+
+fn expand_field(
+    value: &mut String,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match expand(value, env) {
+        Ok(expanded) => *value = expanded,
+        Err(message) => problems.push(Problem::new(path, message)),
+    }
+}
+
+/// Replaces each `${NAME}` with the variable's value; `$${` stands for a literal `${`.
+pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{ in {input:?}"))?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

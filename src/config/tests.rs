@@ -1,0 +1,128 @@
+//! Table tests for parsing, env expansion and validation of the YAML configuration.
+
+use super::*;
+
+const VALID: &str = r#"
+listen: 127.0.0.1:6432
+region: us-east
+regions:
+  us-east: { lat: 39.0, lon: -77.5 }
+  eu-west: { lat: 53.3, lon: -6.3 }
+users:
+  - { name: app, password: "${APP_PASSWORD}" }
+  - { name: legacy, password: secret, auth: md5 }
+clusters:
+  app:
+    primary: { host: 127.0.0.1, port: 5432, region: us-east }
+    replicas:
+      - { host: 127.0.0.1, port: 5433, region: eu-west, database: app_eu, tls: disable }
+limits: { startup_timeout: 3s, client_idle_timeout: 10m }
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "APP_PASSWORD" => Some("s3cret".into()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn problems(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml, &env) {
+        Ok(_) => vec![],
+        Err(ps) => ps.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn valid_file_parses_with_defaults_and_expansion() {
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    assert_eq!(c.users[0].password, "s3cret");
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.users[1].auth, AuthMethod::Md5);
+    let app = &c.clusters["app"];
+    assert_eq!(app.primary.tls, BackendTls::Prefer);
+    assert_eq!(app.replicas[0].database.as_deref(), Some("app_eu"));
+    assert_eq!(c.limits.startup_timeout, Duration::from_secs(3));
+    assert_eq!(c.limits.client_idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.limits.connect_timeout, Limits::default().connect_timeout);
+}
+
+#[test]
+fn each_mistake_is_reported_at_its_yaml_path() {
+    // (replace this, with that, expect a problem starting with)
+    let cases: &[(&str, &str, &str)] = &[
+        ("listen: 127.0.0.1:6432", "listen: nowhere", "listen: \"nowhere\" is not an IP:port"),
+        ("region: us-east", "region: mars", "region: region \"mars\" is not defined"),
+        ("lat: 53.3", "lat: 153.3", "regions.eu-west.lat: latitude 153.3"),
+        ("port: 5433", "port: 5432", "clusters.app.replicas[0]: 127.0.0.1:5432 appears twice"),
+        ("port: 5433", "port: 0", "clusters.app.replicas[0].port: must be 1-65535"),
+        ("region: eu-west, database", "region: ap-south, database", "clusters.app.replicas[0].region: region \"ap-south\""),
+        ("name: legacy", "name: app", "users[1].name: user \"app\" is listed twice"),
+        ("${APP_PASSWORD}", "${NOPE}", "users[0].password: environment variable NOPE is not set"),
+        ("${APP_PASSWORD}", "${EMPTY}", "users[0].password: must not be empty"),
+        ("${APP_PASSWORD}", "${APP", "users[0].password: unterminated"),
+        ("tls: disable", "tls: verify-full", "clusters.app.replicas[0].tls_ca: tls: verify-full needs a CA file"),
+        ("tls: disable", "tls: sometimes", "clusters.app.replicas[0].tls: unknown variant `sometimes`"),
+        ("auth: md5", "auth: plain", "users[1].auth: unknown variant `plain`"),
+        ("database: app_eu", "databse: app_eu", "clusters.app.replicas[0]: unknown field `databse`"),
+        ("limits: {", "limitz: {", "unknown field `limitz`"),
+        ("startup_timeout: 3s", "startup_timeout: 0s", "limits.startup_timeout: must be greater than 0s"),
+        ("startup_timeout: 3s", "startup_timeout: soon", "limits.startup_timeout: invalid"),
+        ("port: 5433", "port: 70000", "clusters.app.replicas[0].port: invalid value"),
+    ];
+    for (from, to, want) in cases {
+        assert!(VALID.contains(from), "fixture lacks {from:?}");
+        let got = problems(&VALID.replacen(from, to, 1));
+        assert!(
+            got.iter().any(|p| p.starts_with(want)),
+            "replacing {from:?} with {to:?}: wanted a problem starting {want:?}, got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let yaml = VALID
+        .replacen("region: us-east", "region: mars", 1)
+        .replacen("port: 5433", "port: 0", 1)
+        .replacen("name: legacy", "name: app", 1);
+    assert_eq!(problems(&yaml).len(), 3, "{:?}", problems(&yaml));
+}
+
+#[test]
+fn missing_sections_are_errors() {
+    assert!(problems("listen: 127.0.0.1:1\nregion: x\n")
+        .iter()
+        .any(|p| p.contains("missing field `users`")));
+    let empty = "listen: 127.0.0.1:1\nregion: x\nregions: {x: {lat: 0, lon: 0}}\nusers: []\nclusters: {}\n";
+    assert_eq!(
+        problems(empty),
+        vec!["users: at least one user is required", "clusters: at least one cluster is required"]
+    );
+}
+
+#[test]
+fn env_expansion_table() {
+    let cases: &[(&str, Result<&str, &str>)] = &[
+        ("plain", Ok("plain")),
+        ("${APP_PASSWORD}", Ok("s3cret")),
+        ("pre-${APP_PASSWORD}-post", Ok("pre-s3cret-post")),
+        ("$${APP_PASSWORD}", Ok("${APP_PASSWORD}")),
+        ("cost $5", Ok("cost $5")),
+        ("${}", Err("invalid environment variable name \"\"")),
+        ("${A-B}", Err("invalid environment variable name \"A-B\"")),
+        ("${MISSING}", Err("environment variable MISSING is not set")),
+    ];
+    for (input, want) in cases {
+        let got = expand(input, &env);
+        assert_eq!(got.as_deref().map_err(String::as_str), *want, "{input}");
+    }
+}
+
+#[test]
+fn example_config_in_repo_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgmeridian.example.yaml")).unwrap();
+    let got = Config::from_yaml(&text, &|_| Some("example".into()));
+    assert!(got.is_ok(), "{:?}", got.err());
+}

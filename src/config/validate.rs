@@ -1,0 +1,112 @@
+//! Semantic checks of a parsed configuration; every problem is reported with its YAML path.
+//! Pure: reads no files (TLS material is loaded, and checked, by `topology.rs`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+
+use super::{BackendTls, Config, Node, Problem};
+
+/// Every problem found, in file order; empty means valid.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    check_addr(&config.listen, "listen", &mut p);
+    if let Some(admin) = &config.admin_listen {
+        check_addr(admin, "admin_listen", &mut p);
+    }
+    if !config.regions.contains_key(&config.region) {
+        p.push(Problem::new("region", unknown_region(&config.region, config)));
+    }
+    for (name, r) in &config.regions {
+        if !(-90.0..=90.0).contains(&r.lat) {
+            p.push(Problem::new(format!("regions.{name}.lat"), format!("latitude {} is outside -90..90", r.lat)));
+        }
+        if !(-180.0..=180.0).contains(&r.lon) {
+            p.push(Problem::new(format!("regions.{name}.lon"), format!("longitude {} is outside -180..180", r.lon)));
+        }
+    }
+    if config.users.is_empty() {
+        p.push(Problem::new("users", "at least one user is required"));
+    }
+    let mut seen = HashSet::new();
+    for (i, u) in config.users.iter().enumerate() {
+        if u.name.is_empty() {
+            p.push(Problem::new(format!("users[{i}].name"), "must not be empty"));
+        } else if !seen.insert(u.name.as_str()) {
+            p.push(Problem::new(format!("users[{i}].name"), format!("user {:?} is listed twice", u.name)));
+        }
+        if u.password.is_empty() {
+            p.push(Problem::new(format!("users[{i}].password"), "must not be empty"));
+        }
+    }
+    if config.clusters.is_empty() {
+        p.push(Problem::new("clusters", "at least one cluster is required"));
+    }
+    for (name, cluster) in &config.clusters {
+        if name.is_empty() {
+            p.push(Problem::new("clusters", "a cluster name must not be empty"));
+        }
+        let mut addrs = BTreeSet::new();
+        let nodes = std::iter::once((format!("clusters.{name}.primary"), &cluster.primary)).chain(
+            cluster.replicas.iter().enumerate().map(|(i, n)| (format!("clusters.{name}.replicas[{i}]"), n)),
+        );
+        for (path, node) in nodes {
+            check_node(node, &path, config, &mut p);
+            if !addrs.insert((node.host.as_str(), node.port)) {
+                p.push(Problem::new(path, format!("{}:{} appears twice in this cluster", node.host, node.port)));
+            }
+        }
+    }
+    let l = &config.limits;
+    if l.max_message_bytes < 1024 {
+        p.push(Problem::new("limits.max_message_bytes", "must be at least 1024"));
+    }
+    if l.max_client_connections == 0 {
+        p.push(Problem::new("limits.max_client_connections", "must be at least 1"));
+    }
+    for (field, d) in [("startup_timeout", l.startup_timeout), ("connect_timeout", l.connect_timeout)] {
+        if d.is_zero() {
+            p.push(Problem::new(format!("limits.{field}"), "must be greater than 0s"));
+        }
+    }
+    p
+}
+
+fn check_addr(value: &str, path: &str, p: &mut Vec<Problem>) {
+    if value.parse::<SocketAddr>().is_err() {
+        p.push(Problem::new(path, format!("{value:?} is not an IP:port address")));
+    }
+}
+
+fn check_node(node: &Node, path: &str, config: &Config, p: &mut Vec<Problem>) {
+    if node.host.trim().is_empty() {
+        p.push(Problem::new(format!("{path}.host"), "must not be empty"));
+    }
+    if node.port == 0 {
+        p.push(Problem::new(format!("{path}.port"), "must be 1-65535"));
+    }
+    if !config.regions.contains_key(&node.region) {
+        p.push(Problem::new(format!("{path}.region"), unknown_region(&node.region, config)));
+    }
+    if matches!(&node.database, Some(d) if d.is_empty()) {
+        p.push(Problem::new(format!("{path}.database"), "must not be empty when given"));
+    }
+    match (node.tls, &node.tls_ca) {
+        (BackendTls::VerifyFull, None) => {
+            p.push(Problem::new(format!("{path}.tls_ca"), "tls: verify-full needs a CA file"))
+        }
+        (BackendTls::Disable | BackendTls::Prefer | BackendTls::Require, Some(_)) => p.push(Problem::new(
+            format!("{path}.tls_ca"),
+            "only used with tls: verify-full; remove it or set tls: verify-full",
+        )),
+        _ => {}
+    }
+}
+
+fn unknown_region(name: &str, config: &Config) -> String {
+    let known: Vec<&str> = config.regions.keys().map(String::as_str).collect();
+    if known.is_empty() {
+        format!("region {name:?} is not defined: add it under `regions:` with lat/lon")
+    } else {
+        format!("region {name:?} is not defined in `regions` (known: {})", known.join(", "))
+    }
+}

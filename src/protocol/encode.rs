@@ -1,0 +1,114 @@
+//! Messages the proxy itself originates (authentication, key data, ParameterStatus,
+//! ReadyForQuery, ErrorResponse), encoded with pgwire's message types.
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
+use pgwire::messages::Message;
+
+use super::backend::TxnStatus;
+
+fn put<M: Message>(buf: &mut BytesMut, msg: &M) {
+    // pgwire only fails on messages over its size limits; ours are tiny and bounded.
+    if let Err(e) = msg.encode(buf) {
+        tracing::error!(error = %e, "could not encode a proxy-originated message");
+    }
+}
+
+pub fn auth(buf: &mut BytesMut, auth: Authentication) {
+    put(buf, &auth);
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, key: i32) {
+    put(buf, &BackendKeyData::new(pid, SecretKey::I32(key)));
+}
+
+pub fn ready_for_query(buf: &mut BytesMut, status: TxnStatus) {
+    let status = match status {
+        TxnStatus::Idle => TransactionStatus::Idle,
+        TxnStatus::InTransaction => TransactionStatus::Transaction,
+        TxnStatus::Failed => TransactionStatus::Error,
+    };
+    put(buf, &ReadyForQuery::new(status));
+}
+
+/// ParameterStatus from raw name/value bytes (the backend's own values are passed through as is).
+pub fn parameter_status(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_u8(b'S');
+    buf.put_u32((4 + name.len() + 1 + value.len() + 1) as u32);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    buf.put_slice(value);
+    buf.put_u8(0);
+}
+
+/// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: &[&str]) {
+    let len = 4 + 4 + 4 + unsupported.iter().map(|o| o.len() + 1).sum::<usize>();
+    buf.put_u8(b'v');
+    buf.put_u32(len as u32);
+    buf.put_u32(0);
+    buf.put_u32(unsupported.len() as u32);
+    for o in unsupported {
+        buf.put_slice(o.as_bytes());
+        buf.put_u8(0);
+    }
+}
+
+/// An ErrorResponse with severity, SQLSTATE, message and optional detail/hint.
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let mut fields = vec![
+        (b'S', severity.to_owned()),
+        (b'V', severity.to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    if let Some(d) = detail {
+        fields.push((b'D', d.to_owned()));
+    }
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_owned()));
+    }
+    put(buf, &ErrorResponse::new(fields));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backend::{parameter_status as parse_ps, ErrorFields};
+    use super::super::frame::{body, split_message};
+    use super::*;
+
+    #[test]
+    fn originated_messages_round_trip_through_our_parsers() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, "FATAL", "3D000", "database \"x\" does not exist", None, Some("h"));
+        parameter_status(&mut buf, b"server_version", b"15.18");
+        ready_for_query(&mut buf, TxnStatus::InTransaction);
+        backend_key_data(&mut buf, 42, -7);
+        let e = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(e[0], b'E');
+        let f = ErrorFields::parse(body(&e)).unwrap();
+        assert_eq!((f.severity.as_str(), f.code.as_str()), ("FATAL", "3D000"));
+        let s = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(parse_ps(body(&s)), Some((&b"server_version"[..], &b"15.18"[..])));
+        let z = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&z[..], b"Z\0\0\0\x05T");
+        let k = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&k[..], &[b'K', 0, 0, 0, 12, 0, 0, 0, 42, 0xff, 0xff, 0xff, 0xf9]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn negotiate_protocol_version_layout() {
+        let mut buf = BytesMut::new();
+        negotiate_protocol_version(&mut buf, &["_pq_.x"]);
+        assert_eq!(&buf[..], b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
+    }
+}
