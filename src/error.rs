@@ -26,17 +26,17 @@ pub mod sqlstate {
 pub struct ClientError {
     /// FATAL closes the session afterwards; ERROR leaves it usable.
     pub fatal: bool,
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
 }
 
 impl ClientError {
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> ClientError {
+    pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> ClientError {
         ClientError {
             fatal: true,
-            code,
+            code: code.into(),
             message: message.into(),
             detail: None,
             hint: None,
@@ -57,7 +57,7 @@ impl ClientError {
         encode::error_response(
             buf,
             if self.fatal { "FATAL" } else { "ERROR" },
-            self.code,
+            &self.code,
             &self.message,
             self.detail.as_deref(),
             self.hint.as_deref(),

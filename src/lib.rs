@@ -1,4 +1,25 @@
-//! pgmeridian: a PostgreSQL-wire proxy. Module map in README "Where to look".
+//! pgmeridian: a PostgreSQL-wire proxy that sends writes to the primary and reads to the
+//! nearest caught-up replica. The data path, in the order a connection meets it:
+//!
+//! `server` accepts → `session::handshake` negotiates TLS, answers CancelRequest (`cancel`),
+//! authenticates (`auth`) and logs in to a backend (`backend`) → `session::relay` frames
+//! client messages into batches, asks `route` where each goes, and streams backend bytes back.
+//!
+//! Pure modules (no sockets, clocks or randomness): `protocol`, `config`, `route`.
+//! Desired state: `config` → `topology`, published through `app::Shared`.
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod cancel;
 pub mod config;
 pub mod error;
+pub mod localpg;
 pub mod protocol;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod tls;
+pub mod topology;
+pub mod wire;

@@ -1,0 +1,174 @@
+//! Wiring: builds the shared state from a config, binds the listener, runs the accept loop,
+//! and maps signals (SIGTERM drain, SIGINT fast stop, SIGHUP reload) onto it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pgwire::api::auth::sasl::scram::{ScramServerAuth, SCRAM_ITERATIONS};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, Problem};
+use crate::topology::Topology;
+use crate::{server, tls};
+
+/// State every session reads; the topology is swapped whole on reload.
+pub struct Shared {
+    pub topology: ArcSwap<Topology>,
+    pub client_tls: Option<ClientTls>,
+    /// SCRAM without channel binding, for clients on plain TCP.
+    pub scram_plain: ScramServerAuth,
+    pub cancels: Arc<CancelRegistry>,
+    /// Stop accepting; sessions close once idle.
+    pub drain: CancellationToken,
+    /// Close every session now.
+    pub hard_stop: CancellationToken,
+    /// Client connections currently open.
+    pub clients: AtomicUsize,
+}
+
+pub struct ClientTls {
+    pub acceptor: TlsAcceptor,
+    pub required: bool,
+    /// SCRAM that also offers SCRAM-SHA-256-PLUS bound to our certificate.
+    pub scram: ScramServerAuth,
+}
+
+fn scram() -> ScramServerAuth {
+    let mut s = ScramServerAuth::new();
+    s.set_iterations(SCRAM_ITERATIONS);
+    s
+}
+
+impl Shared {
+    pub fn new(config: &Config) -> Result<Shared, Vec<Problem>> {
+        let topology = Topology::build(config)?;
+        let client_tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let (server_config, cert_pem) = tls::server_config(&t.cert, &t.key).map_err(|e| vec![Problem::new("tls", e)])?;
+                let mut scram = scram();
+                scram
+                    .configure_certificate(&cert_pem)
+                    .map_err(|e| vec![Problem::new("tls.cert", format!("cannot use for channel binding: {e}"))])?;
+                Some(ClientTls {
+                    acceptor: TlsAcceptor::from(server_config),
+                    required: t.required,
+                    scram,
+                })
+            }
+        };
+        Ok(Shared {
+            topology: ArcSwap::from_pointee(topology),
+            client_tls,
+            scram_plain: scram(),
+            cancels: Arc::new(CancelRegistry::default()),
+            drain: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            clients: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A running proxy: its listening address and a way to stop it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds `config.listen` (port 0 picks a free port) and starts accepting.
+    pub async fn start(config: &Config) -> Result<Proxy, Vec<Problem>> {
+        let shared = Arc::new(Shared::new(config)?);
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| vec![Problem::new("listen", format!("cannot listen on {}: {e}", config.listen))])?;
+        let addr = listener.local_addr().map_err(|e| vec![Problem::new("listen", e.to_string())])?;
+        let task = tokio::spawn(server::run(listener, shared.clone()));
+        Ok(Proxy { addr, shared, task })
+    }
+
+    /// Graceful stop: no new clients, sessions finish their transaction, then close.
+    pub async fn shutdown(self) {
+        self.shared.drain.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the accept loop has ended (after a drain).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// `pgmeridian run`: serve until SIGTERM/SIGINT; SIGHUP re-reads the topology.
+pub async fn run(config_path: &Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|ps| render_problems(config_path, &ps))?;
+    let proxy = Proxy::start(&config).await.map_err(|ps| render_problems(config_path, &ps))?;
+    tracing::info!(listen = %proxy.addr, clusters = config.clusters.len(), "pgmeridian is accepting connections");
+    tokio::spawn(signals(proxy.shared.clone(), config_path.to_owned(), config.listen.clone()));
+    proxy.wait().await;
+    tracing::info!("pgmeridian stopped");
+    Ok(())
+}
+
+pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = format!("{} has {} problem(s):", path.display(), problems.len());
+    for p in problems {
+        out.push_str(&format!("\n  {p}"));
+    }
+    out
+}
+
+async fn signals(shared: Arc<Shared>, path: PathBuf, listen: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining (sessions finish their transaction, then close)");
+                shared.drain.cancel();
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: closing all sessions now");
+                shared.drain.cancel();
+                shared.hard_stop.cancel();
+            }
+            _ = hup.recv() => reload(&shared, &path, &listen),
+        }
+    }
+}
+
+/// Re-reads the file; a bad file changes nothing. New sessions use the new topology.
+fn reload(shared: &Shared, path: &Path, listen: &str) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(ps) => {
+            tracing::error!("reload rejected, keeping the running configuration: {}", render_problems(path, &ps));
+            return;
+        }
+    };
+    if config.listen != listen {
+        tracing::warn!(old = listen, new = %config.listen, "`listen` changes need a restart; still listening on the old address");
+    }
+    match Topology::build(&config) {
+        Ok(t) => {
+            shared.topology.store(Arc::new(t));
+            tracing::info!("configuration reloaded");
+        }
+        Err(ps) => tracing::error!("reload rejected, keeping the running configuration: {}", render_problems(path, &ps)),
+    }
+}

@@ -1,0 +1,249 @@
+//! Opening an authenticated connection to one backend node: TCP, optional TLS, StartupMessage,
+//! SCRAM/MD5/cleartext/trust login; collects ParameterStatus and BackendKeyData. No routing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::ErrorFields;
+use crate::protocol::{frame, tag::backend as btag};
+use crate::stream::Stream;
+use crate::topology::{BackendTlsSpec, NodeSpec, UserSpec};
+use crate::wire::{MessageIo, WireError};
+
+/// Backend messages during login are small; anything bigger is not PostgreSQL talking.
+const LOGIN_MESSAGE_LIMIT: usize = 1 << 20;
+
+/// A logged-in backend connection, ready for queries.
+pub struct BackendConn {
+    pub node: Arc<NodeSpec>,
+    /// The stream, plus any bytes the server sent after its first ReadyForQuery.
+    pub io: MessageIo<Stream>,
+    /// The backend's own cancel key (protocol 3.0: a 4-byte key).
+    pub pid: i32,
+    pub key: i32,
+    /// ParameterStatus (name, value) pairs reported during login, in order.
+    pub params: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to {node}: {reason}")]
+    Unreachable { node: String, reason: String },
+    #[error("timed out connecting to {node} after {after:?}")]
+    Timeout { node: String, after: Duration },
+    #[error("{node} refused the login: {} ({})", .fields.message, .fields.code)]
+    Rejected { node: String, fields: ErrorFields },
+    #[error("protocol error from {node}: {reason}")]
+    Protocol { node: String, reason: String },
+}
+
+impl ConnectError {
+    /// What the client is told: the server's own SQLSTATE when it refused us, else 08006/08001.
+    pub fn to_client(&self) -> ClientError {
+        match self {
+            ConnectError::Rejected { node, fields } => {
+                let code = if fields.code.is_empty() { sqlstate::CONNECTION_FAILURE } else { &fields.code };
+                ClientError::fatal(code.to_owned(), format!("backend {node}: {}", fields.message))
+            }
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                ClientError::fatal(sqlstate::CONNECTION_FAILURE, self.to_string())
+            }
+            ConnectError::Protocol { .. } => ClientError::fatal(sqlstate::CLIENT_UNABLE_TO_CONNECT, self.to_string()),
+        }
+    }
+}
+
+/// Connects to `node` as `user`, passing the client's startup parameters along.
+pub async fn connect(
+    node: &Arc<NodeSpec>,
+    user: &UserSpec,
+    client_params: &[(String, String)],
+    timeout: Duration,
+) -> Result<BackendConn, ConnectError> {
+    match tokio::time::timeout(timeout, connect_inner(node, user, client_params)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout {
+            node: node.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+/// Opens the TCP connection and negotiates TLS as the node's mode says.
+pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
+    let unreachable = |reason: String| ConnectError::Unreachable {
+        node: node.to_string(),
+        reason,
+    };
+    let mut tcp = TcpStream::connect((node.host.as_str(), node.port))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tcp.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+    let (config, name, required) = match &node.tls {
+        BackendTlsSpec::Disable => return Ok(Stream::Plain(tcp)),
+        BackendTlsSpec::Prefer(c, n) => (c, n, false),
+        BackendTlsSpec::Require(c, n) => (c, n, true),
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await.map_err(|e| unreachable(e.to_string()))?;
+    let answer = tcp.read_u8().await.map_err(|e| unreachable(e.to_string()))?;
+    match answer {
+        b'S' => tls_handshake(tcp, config, name).await.map_err(unreachable),
+        b'N' if !required => Ok(Stream::Plain(tcp)),
+        b'N' => Err(unreachable("server does not support TLS, and this node requires it".into())),
+        other => Err(ConnectError::Protocol {
+            node: node.to_string(),
+            reason: format!("unexpected answer {:?} to SSLRequest", other as char),
+        }),
+    }
+}
+
+async fn tls_handshake(tcp: TcpStream, config: &Arc<ClientConfig>, name: &ServerName<'static>) -> Result<Stream, String> {
+    let tls = TlsConnector::from(config.clone())
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    Ok(Stream::Tls(Box::new(tls.into())))
+}
+
+async fn connect_inner(
+    node: &Arc<NodeSpec>,
+    user: &UserSpec,
+    client_params: &[(String, String)],
+) -> Result<BackendConn, ConnectError> {
+    let stream = open_stream(node).await?;
+    let mut io = MessageIo::new(stream);
+    let protocol = |reason: String| ConnectError::Protocol {
+        node: node.to_string(),
+        reason,
+    };
+    let io_err = |e: WireError| ConnectError::Unreachable {
+        node: node.to_string(),
+        reason: e.to_string(),
+    };
+
+    let mut params: Vec<(&str, &str)> = vec![("user", &user.name), ("database", &node.database)];
+    params.extend(
+        client_params
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "user" | "database") && !k.starts_with("pgmeridian."))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    frontend::startup_message(params.iter().copied(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+    io.flush().await.map_err(|e| io_err(e.into()))?;
+
+    let mut scram: Option<ScramSha256> = None;
+    let mut conn_params = Vec::new();
+    let mut key = None;
+    loop {
+        let msg = io.read_message(LOGIN_MESSAGE_LIMIT).await.map_err(io_err)?;
+        let body = frame::body(&msg);
+        match msg[0] {
+            btag::AUTHENTICATION => {
+                let (code, data) = body.split_first_chunk::<4>().ok_or_else(|| protocol("short authentication message".into()))?;
+                match i32::from_be_bytes(*code) {
+                    0 => {}
+                    3 => frontend::password_message(user.password.as_bytes(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?,
+                    5 => {
+                        let salt: [u8; 4] = data.try_into().map_err(|_| protocol("bad MD5 salt".into()))?;
+                        let hash = postgres_protocol::authentication::md5_hash(user.name.as_bytes(), user.password.as_bytes(), salt);
+                        frontend::password_message(hash.as_bytes(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                    }
+                    10 => {
+                        if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
+                            return Err(protocol("server offers no SASL mechanism we support".into()));
+                        }
+                        let s = ScramSha256::new(user.password.as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
+                        s.update(data).map_err(|e| protocol(format!("SCRAM: {e}")))?;
+                        frontend::sasl_response(s.message(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                    }
+                    12 => {
+                        let mut s = scram.take().ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
+                        s.finish(data).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
+                    }
+                    other => return Err(protocol(format!("unsupported authentication method {other}"))),
+                }
+                io.flush().await.map_err(|e| io_err(e.into()))?;
+            }
+            btag::ERROR_RESPONSE => {
+                return Err(ConnectError::Rejected {
+                    node: node.to_string(),
+                    fields: ErrorFields::parse(body).unwrap_or_default(),
+                })
+            }
+            btag::PARAMETER_STATUS => {
+                if let Some((k, v)) = crate::protocol::backend::parameter_status(body) {
+                    conn_params.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            btag::BACKEND_KEY_DATA => {
+                let (pid, k) = body.split_first_chunk::<4>().ok_or_else(|| protocol("short BackendKeyData".into()))?;
+                let k: [u8; 4] = k.try_into().map_err(|_| protocol("cancel key is not 4 bytes".into()))?;
+                key = Some((i32::from_be_bytes(*pid), i32::from_be_bytes(k)));
+            }
+            btag::READY_FOR_QUERY => break,
+            btag::NOTICE_RESPONSE | btag::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => return Err(protocol(format!("unexpected message {:?} during login", other as char))),
+        }
+    }
+    let (pid, key) = key.unwrap_or((0, 0));
+    Ok(BackendConn {
+        node: node.clone(),
+        io,
+        pid,
+        key,
+        params: conn_params,
+    })
+}
+
+fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (name, rest) = frame::read_cstr(data)?;
+        data = rest;
+        (!name.is_empty()).then_some(name)
+    })
+}
+
+/// Sends a CancelRequest for (`pid`, `key`) to `node` on a fresh connection.
+pub async fn send_cancel(node: &NodeSpec, pid: i32, key: i32, timeout: Duration) -> Result<(), ConnectError> {
+    let work = async {
+        let mut stream = open_stream(node).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        buf.put_u32(16);
+        buf.put_u32(80877102);
+        buf.put_i32(pid);
+        buf.put_i32(key);
+        let fail = |e: std::io::Error| ConnectError::Unreachable {
+            node: node.to_string(),
+            reason: e.to_string(),
+        };
+        stream.write_all(&buf).await.map_err(fail)?;
+        stream.flush().await.map_err(fail)?;
+        // The server closes the connection once it has acted on the request.
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await.map_err(fail)? > 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+        Err(ConnectError::Timeout {
+            node: node.to_string(),
+            after: timeout,
+        })
+    })
+}

@@ -1,0 +1,129 @@
+//! Proxy-minted cancel keys. Each session gets its own (pid, key) to hand the client; a
+//! CancelRequest carrying it is forwarded to the backend running that session's work.
+//! A wrong key is ignored (no answer, as PostgreSQL does).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::topology::NodeSpec;
+
+/// Where a session's in-flight work runs: the node and that backend's own key.
+#[derive(Clone)]
+pub struct CancelTarget {
+    pub node: Arc<NodeSpec>,
+    pub pid: i32,
+    pub key: i32,
+}
+
+struct Entry {
+    key: i32,
+    target: Mutex<Option<CancelTarget>>,
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    sessions: Mutex<HashMap<i32, Arc<Entry>>>,
+}
+
+/// A session's registration; dropping it unregisters the key.
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
+    entry: Arc<Entry>,
+    pub pid: i32,
+    pub key: i32,
+}
+
+impl CancelRegistry {
+    /// Mints a fresh, unused (pid, key) pair for a new session.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = loop {
+            // Positive like a real PID, so tools that print it are not confused.
+            let pid = (rand::random::<u32>() >> 1) as i32;
+            if pid != 0 && !sessions.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let entry = Arc::new(Entry {
+            key: rand::random(),
+            target: Mutex::new(None),
+        });
+        sessions.insert(pid, entry.clone());
+        CancelHandle {
+            registry: self.clone(),
+            pid,
+            key: entry.key,
+            entry,
+        }
+    }
+
+    /// The target for a CancelRequest, if the pid is live and the key matches.
+    pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
+        let entry = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&pid)?.clone();
+        let expected = entry.key.to_be_bytes();
+        let matches = key.len() == 4 && key.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !matches {
+            return None;
+        }
+        let target = entry.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        target
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CancelHandle {
+    /// Records which backend now runs this session's work.
+    pub fn set_target(&self, target: CancelTarget) {
+        *self.entry.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.registry.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{BackendTlsSpec, ConfiguredRole};
+
+    fn node() -> Arc<NodeSpec> {
+        Arc::new(NodeSpec {
+            cluster: "app".into(),
+            role: ConfiguredRole::Primary,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            region: "r".into(),
+            database: "app".into(),
+            tls: BackendTlsSpec::Disable,
+        })
+    }
+
+    #[test]
+    fn only_the_right_key_finds_the_target_and_drop_unregisters() {
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        let other = reg.register();
+        assert_ne!(h.pid, other.pid);
+        assert!(reg.lookup(h.pid, &h.key.to_be_bytes()).is_none(), "no target yet");
+        h.set_target(CancelTarget { node: node(), pid: 77, key: 88 });
+        let t = reg.lookup(h.pid, &h.key.to_be_bytes()).unwrap();
+        assert_eq!((t.pid, t.key), (77, 88));
+        assert!(reg.lookup(h.pid, &h.key.wrapping_add(1).to_be_bytes()).is_none());
+        assert!(reg.lookup(h.pid, &[1, 2, 3]).is_none());
+        assert!(reg.lookup(other.pid, &h.key.to_be_bytes()).is_none() || other.key == h.key);
+        let pid = h.pid;
+        drop(h);
+        assert!(reg.lookup(pid, &0i32.to_be_bytes()).is_none());
+        assert_eq!(reg.len(), 1);
+    }
+}

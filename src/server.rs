@@ -1,0 +1,89 @@
+//! The accept loop: admits clients up to the connection limit, spawns a session each, and on
+//! drain stops accepting, waits for sessions to finish, then stops the stragglers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::app::Shared;
+use crate::error::{sqlstate, ClientError};
+use crate::session;
+
+/// After the hard stop, how long sessions get to write their goodbye.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.drain.cancelled() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let limit = shared.topology.load().limits.max_client_connections;
+        let guard = ClientSlot::take(&shared);
+        if guard.count > limit {
+            tracker.spawn(refuse(tcp, limit));
+            continue;
+        }
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            session::run(tcp, peer, &shared).await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let timeout = shared.topology.load().limits.shutdown_timeout;
+    tracing::info!(sessions = tracker.len(), ?timeout, "stopped accepting; waiting for sessions to finish");
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(sessions = tracker.len(), "shutdown timeout reached; closing remaining sessions");
+        shared.hard_stop.cancel();
+        let _ = tokio::time::timeout(HARD_STOP_GRACE, tracker.wait()).await;
+    }
+}
+
+/// Counts a client connection for as long as it lives.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    count: usize,
+}
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>) -> ClientSlot {
+        let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        ClientSlot {
+            shared: shared.clone(),
+            count,
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse(mut tcp: tokio::net::TcpStream, limit: usize) {
+    let mut buf = BytesMut::new();
+    ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, format!("sorry, too many clients already (limit {limit})")).encode(&mut buf);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tcp.write_all(&buf).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}

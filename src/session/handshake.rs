@@ -1,0 +1,201 @@
+//! A client's startup phase: SSLRequest/GSSENCRequest negotiation, CancelRequest forwarding,
+//! StartupMessage, authentication, cluster lookup and the first backend login. Ends with the
+//! client holding AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
+
+use std::sync::Arc;
+
+use pgwire::messages::startup::Authentication;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::Shared;
+use crate::auth::{self, AuthError};
+use crate::backend::{self, BackendConn};
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::TxnStatus;
+use crate::protocol::encode;
+use crate::protocol::startup::StartupPacket;
+use crate::route::{self, RouteInput};
+use crate::stream::Stream;
+use crate::topology::{ClusterSpec, UserSpec};
+use crate::wire::{MessageIo, WireError};
+
+/// A session past its startup phase, ready to relay.
+pub struct Established {
+    pub client: MessageIo<Stream>,
+    pub user: Arc<UserSpec>,
+    pub cluster: Arc<ClusterSpec>,
+    pub params: Vec<(String, String)>,
+    pub backend: BackendConn,
+    pub cancel: CancelHandle,
+}
+
+pub enum Outcome {
+    Session(Box<Established>),
+    /// A CancelRequest was handled, or the client left during startup.
+    Closed,
+    /// Refused with this error, which still has to be written to `client`.
+    Refused(MessageIo<Stream>, ClientError),
+}
+
+fn protocol_violation(msg: impl Into<String>) -> ClientError {
+    ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg)
+}
+
+pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
+    let mut io = MessageIo::new(Stream::Plain(tcp));
+    let (minor, mut params) = loop {
+        let packet = match io.read_startup().await {
+            Ok(p) => p,
+            Err(WireError::Startup(e)) => return Outcome::Refused(io, protocol_violation(e.to_string())),
+            Err(e) => {
+                tracing::debug!(error = %e, "client left during startup");
+                return Outcome::Closed;
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if io.io.is_tls() => {
+                return Outcome::Refused(io, protocol_violation("encryption was already negotiated"));
+            }
+            // Anything sent after the request but before our answer would bypass encryption.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if !io.rbuf.is_empty() => {
+                return Outcome::Refused(io, protocol_violation("received unencrypted data after an encryption request"));
+            }
+            StartupPacket::SslRequest => match &shared.client_tls {
+                Some(tls) => match start_tls(io, &tls.acceptor).await {
+                    Some(upgraded) => io = upgraded,
+                    None => return Outcome::Closed,
+                },
+                None => {
+                    io.wbuf.extend_from_slice(b"N");
+                    if io.flush().await.is_err() {
+                        return Outcome::Closed;
+                    }
+                }
+            },
+            StartupPacket::GssEncRequest => {
+                io.wbuf.extend_from_slice(b"N");
+                if io.flush().await.is_err() {
+                    return Outcome::Closed;
+                }
+            }
+            StartupPacket::Cancel { pid, key } => {
+                forward_cancel(shared, pid, &key).await;
+                return Outcome::Closed;
+            }
+            StartupPacket::Startup { minor, params } => break (minor, params),
+        }
+    };
+
+    // We speak 3.0; tell newer clients so, and decline protocol extensions.
+    let unsupported: Vec<String> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    if minor > 0 || !unsupported.is_empty() {
+        let names: Vec<&str> = unsupported.iter().map(String::as_str).collect();
+        encode::negotiate_protocol_version(&mut io.wbuf, &names);
+        params.retain(|(k, _)| !k.starts_with("_pq_."));
+    }
+    if let Some(tls) = &shared.client_tls {
+        if tls.required && !io.io.is_tls() {
+            let e = ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, "this proxy requires TLS")
+                .with_hint("connect with sslmode=require or stronger");
+            return Outcome::Refused(io, e);
+        }
+    }
+    if params.iter().any(|(k, v)| k == "replication" && !matches!(v.as_str(), "false" | "off" | "no" | "0")) {
+        let e = ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through pgmeridian")
+            .with_hint("connect replication clients to the primary directly");
+        return Outcome::Refused(io, e);
+    }
+    let Some(user_name) = param(&params, "user").map(str::to_owned) else {
+        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"));
+    };
+    let database = param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(&user_name).to_owned();
+
+    let topology = shared.topology.load_full();
+    let user = topology.users.get(&user_name).cloned();
+    let scram = match (&shared.client_tls, io.io.is_tls()) {
+        (Some(tls), true) => &tls.scram,
+        _ => &shared.scram_plain,
+    };
+    match auth::authenticate(&mut io, &user_name, user.as_deref(), scram).await {
+        Ok(()) => {}
+        Err(AuthError::Client(e)) => return Outcome::Refused(io, e),
+        Err(AuthError::Gone(e)) => {
+            tracing::debug!(error = %e, "client left during authentication");
+            return Outcome::Closed;
+        }
+    }
+    let Some(user) = user else {
+        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user_name}\"")));
+    };
+    encode::auth(&mut io.wbuf, Authentication::Ok);
+
+    let Some(cluster) = topology.clusters.get(&database).cloned() else {
+        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist")).with_hint("pgmeridian serves the databases named under `clusters:` in its configuration"));
+    };
+    tracing::Span::current().record("cluster", cluster.name.as_str());
+
+    let decision = route::decide(&RouteInput { txn: TxnStatus::Idle });
+    let node = match decision.target {
+        route::Target::Primary => cluster.primary.clone(),
+    };
+    let backend = match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "backend login failed");
+            return Outcome::Refused(io, e.to_client());
+        }
+    };
+    let cancel = shared.cancels.register();
+    cancel.set_target(CancelTarget {
+        node: backend.node.clone(),
+        pid: backend.pid,
+        key: backend.key,
+    });
+    for (k, v) in &backend.params {
+        encode::parameter_status(&mut io.wbuf, k, v);
+    }
+    encode::backend_key_data(&mut io.wbuf, cancel.pid, cancel.key);
+    encode::ready_for_query(&mut io.wbuf, TxnStatus::Idle);
+    if io.flush().await.is_err() {
+        return Outcome::Closed;
+    }
+    Outcome::Session(Box::new(Established {
+        client: io,
+        user,
+        cluster,
+        params,
+        backend,
+        cancel,
+    }))
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn start_tls(mut io: MessageIo<Stream>, acceptor: &TlsAcceptor) -> Option<MessageIo<Stream>> {
+    io.wbuf.extend_from_slice(b"S");
+    io.flush().await.ok()?;
+    let Stream::Plain(tcp) = io.io else { return None };
+    match acceptor.accept(tcp).await {
+        Ok(tls) => Some(MessageIo::new(Stream::Tls(Box::new(tls.into())))),
+        Err(e) => {
+            tracing::debug!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}
+
+async fn forward_cancel(shared: &Shared, pid: i32, key: &[u8]) {
+    let Some(target) = shared.cancels.lookup(pid, key) else {
+        tracing::debug!("ignoring a CancelRequest with an unknown key");
+        return;
+    };
+    let timeout = shared.topology.load().limits.connect_timeout;
+    match backend::send_cancel(&target.node, target.pid, target.key, timeout).await {
+        Ok(()) => tracing::debug!(node = %target.node, "forwarded a CancelRequest"),
+        Err(e) => tracing::warn!(error = %e, "could not forward a CancelRequest"),
+    }
+}

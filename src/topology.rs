@@ -1,0 +1,150 @@
+//! The live, validated desired state built from a [`Config`]: users with their SCRAM secrets,
+//! clusters with their nodes and backend TLS settings. Immutable once built; published whole.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use pgwire::api::auth::sasl::scram::{gen_salted_password, SCRAM_ITERATIONS};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::config::{AuthMethod, BackendTls, Config, Limits, Node, Problem};
+use crate::tls;
+
+pub struct Topology {
+    pub users: HashMap<String, Arc<UserSpec>>,
+    pub clusters: HashMap<String, Arc<ClusterSpec>>,
+    pub limits: Limits,
+    pub region: String,
+}
+
+pub struct UserSpec {
+    pub name: String,
+    pub password: String,
+    pub auth: AuthMethod,
+    /// SCRAM salt and `Hi(password, salt, 4096)`, computed once per load, not per login.
+    pub scram_salt: Vec<u8>,
+    pub scram_salted_password: Vec<u8>,
+}
+
+pub struct ClusterSpec {
+    pub name: String,
+    pub primary: Arc<NodeSpec>,
+    pub replicas: Vec<Arc<NodeSpec>>,
+}
+
+/// Whether a node was listed as the primary or a replica (its observed role comes with health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfiguredRole {
+    Primary,
+    Replica(usize),
+}
+
+pub struct NodeSpec {
+    pub cluster: String,
+    pub role: ConfiguredRole,
+    pub host: String,
+    pub port: u16,
+    pub region: String,
+    /// Database name on the backend.
+    pub database: String,
+    pub tls: BackendTlsSpec,
+}
+
+pub enum BackendTlsSpec {
+    Disable,
+    Prefer(Arc<ClientConfig>, ServerName<'static>),
+    Require(Arc<ClientConfig>, ServerName<'static>),
+}
+
+impl fmt::Display for NodeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.role {
+            ConfiguredRole::Primary => write!(f, "{}/primary ({}:{})", self.cluster, self.host, self.port),
+            ConfiguredRole::Replica(i) => write!(f, "{}/replica[{i}] ({}:{})", self.cluster, self.host, self.port),
+        }
+    }
+}
+
+impl Topology {
+    /// Builds live state from a validated config; loads CA files (problems carry YAML paths).
+    pub fn build(config: &Config) -> Result<Topology, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let salt: [u8; 16] = rand::random();
+                let salted = gen_salted_password(&u.password, &salt, SCRAM_ITERATIONS);
+                let spec = UserSpec {
+                    name: u.name.clone(),
+                    password: u.password.clone(),
+                    auth: u.auth,
+                    scram_salt: salt.to_vec(),
+                    scram_salted_password: salted,
+                };
+                (u.name.clone(), Arc::new(spec))
+            })
+            .collect();
+        let unverified = tls::unverified_client_config();
+        let mut clusters = HashMap::new();
+        for (name, c) in &config.clusters {
+            let mut node = |n: &Node, role: ConfiguredRole, path: String| {
+                let tls = match backend_tls(n, &unverified) {
+                    Ok(t) => t,
+                    Err(message) => {
+                        problems.push(Problem::new(path, message));
+                        BackendTlsSpec::Disable
+                    }
+                };
+                Arc::new(NodeSpec {
+                    cluster: name.clone(),
+                    role,
+                    host: n.host.clone(),
+                    port: n.port,
+                    region: n.region.clone(),
+                    database: n.database.clone().unwrap_or_else(|| name.clone()),
+                    tls,
+                })
+            };
+            let primary = node(&c.primary, ConfiguredRole::Primary, format!("clusters.{name}.primary"));
+            let replicas = c
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, n)| node(n, ConfiguredRole::Replica(i), format!("clusters.{name}.replicas[{i}]")))
+                .collect();
+            let spec = ClusterSpec {
+                name: name.clone(),
+                primary,
+                replicas,
+            };
+            clusters.insert(name.clone(), Arc::new(spec));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Topology {
+            users,
+            clusters,
+            limits: config.limits.clone(),
+            region: config.region.clone(),
+        })
+    }
+}
+
+fn backend_tls(n: &Node, unverified: &Arc<ClientConfig>) -> Result<BackendTlsSpec, String> {
+    let name = || {
+        ServerName::try_from(n.host.clone()).map_err(|e| format!("host {:?} is not a valid TLS server name: {e}", n.host))
+    };
+    Ok(match n.tls {
+        BackendTls::Disable => BackendTlsSpec::Disable,
+        BackendTls::Prefer => BackendTlsSpec::Prefer(unverified.clone(), name()?),
+        BackendTls::Require => BackendTlsSpec::Require(unverified.clone(), name()?),
+        BackendTls::VerifyFull => {
+            let ca = n.tls_ca.as_deref().ok_or("tls: verify-full needs tls_ca")?;
+            BackendTlsSpec::Require(tls::verifying_client_config(ca)?, name()?)
+        }
+    })
+}

@@ -1,0 +1,115 @@
+//! Test harness: one real PostgreSQL primary (plus streaming replicas on request) per test
+//! binary, started with initdb / pg_basebackup / pg_ctl; the proxy runs in-process on a free
+//! loopback port. Fails loudly when PostgreSQL cannot be started; never skips.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use pgmeridian::app::Proxy;
+use pgmeridian::config::Config;
+use pgmeridian::localpg::{LocalCluster, ReplicaOptions};
+use tokio_postgres::{Client, NoTls};
+
+pub const APP_PASSWORD: &str = "app-secret";
+pub const MD5_PASSWORD: &str = "md5-secret";
+
+static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+
+/// The shared cluster for this test binary: a primary and one streaming replica,
+/// with roles `app` (SCRAM), `pgm_md5` (MD5) and `pgm_trust` (trust), and database `app`.
+pub fn cluster() -> &'static LocalCluster {
+    CLUSTER.get_or_init(|| {
+        let fail = |e: String| -> ! {
+            panic!("this test needs a real PostgreSQL server and could not start one:\n{e}")
+        };
+        let mut c = LocalCluster::start_primary("test").unwrap_or_else(|e| fail(e));
+        c.sql(&format!(
+            "CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';
+             SET password_encryption = 'md5';
+             CREATE ROLE pgm_md5 LOGIN PASSWORD '{MD5_PASSWORD}';
+             CREATE ROLE pgm_trust LOGIN;"
+        ))
+        .unwrap_or_else(|e| fail(e));
+        c.sql("CREATE DATABASE app OWNER app").unwrap_or_else(|e| fail(e));
+        c.primary
+            .psql("app", "GRANT ALL ON SCHEMA public TO pgm_md5, pgm_trust")
+            .unwrap_or_else(|e| fail(e));
+        c.add_replica("replica0", &ReplicaOptions::default()).unwrap_or_else(|e| fail(e));
+        c
+    })
+}
+
+/// YAML for a proxy in front of `c` (cluster `app`), with `extra` appended at top level.
+pub fn config_yaml(c: &LocalCluster, extra: &str) -> String {
+    let replicas: String = c
+        .replicas
+        .iter()
+        .map(|r| format!("      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable }}\n", r.port))
+        .collect();
+    format!(
+        "listen: 127.0.0.1:0
+region: us-east
+regions:
+  us-east: {{ lat: 39.0, lon: -77.5 }}
+  eu-west: {{ lat: 53.3, lon: -6.3 }}
+users:
+  - {{ name: app, password: {APP_PASSWORD} }}
+  - {{ name: pgm_md5, password: {MD5_PASSWORD}, auth: md5 }}
+  - {{ name: pgm_trust, password: anything }}
+clusters:
+  app:
+    primary: {{ host: 127.0.0.1, port: {}, region: us-east }}
+    replicas:
+{replicas}{extra}",
+        c.primary.port
+    )
+}
+
+pub fn config(c: &LocalCluster, extra: &str) -> Config {
+    let yaml = config_yaml(c, extra);
+    Config::from_yaml(&yaml, &|_| None).unwrap_or_else(|ps| panic!("test config invalid: {ps:?}\n{yaml}"))
+}
+
+/// Starts an in-process proxy in front of the shared cluster.
+pub async fn proxy(extra: &str) -> Proxy {
+    let c = cluster();
+    Proxy::start(&config(c, extra)).await.unwrap_or_else(|ps| panic!("proxy did not start: {ps:?}"))
+}
+
+pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> String {
+    format!("host={} port={} user={user} password={password} dbname={db} sslmode=disable", addr.ip(), addr.port())
+}
+
+/// A tokio-postgres client through the proxy as `app`.
+pub async fn connect(addr: SocketAddr) -> Client {
+    connect_as(addr, "app", APP_PASSWORD).await.expect("connect through the proxy")
+}
+
+pub async fn connect_as(addr: SocketAddr, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&conn_string(addr, user, password, "app"), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A direct connection to the primary as the superuser (for checks behind the proxy's back).
+pub async fn superuser(db: &str) -> Client {
+    let c = cluster();
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname={db}", c.primary.port),
+        NoTls,
+    )
+    .await
+    .expect("direct superuser connection");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A table name unique to the calling test.
+pub fn table(name: &str) -> String {
+    format!("t_{name}_{}", std::process::id())
+}
