@@ -230,6 +230,23 @@ impl LocalCluster {
         Ok(self.replicas.last().expect("just pushed"))
     }
 
+    /// Turns on TLS on the primary with the given PEM certificate and key (replicas added
+    /// later inherit the files through pg_basebackup).
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+        let data = &self.primary.data;
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+            if let Some(r) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(r.uid), Some(r.gid)).map_err(|e| e.to_string())?;
+            }
+        }
+        append(&data.join("postgresql.conf"), "ssl = on\n")?;
+        run(self.primary.command("pg_ctl").args(["-D"]).arg(data).args(["reload"]).stdout(Stdio::null()))?;
+        Ok(())
+    }
+
     /// Runs SQL on the primary as the superuser (psql, stops on the first error).
     pub fn sql(&self, sql: &str) -> Result<String, String> {
         self.primary.psql("postgres", sql)

@@ -305,3 +305,38 @@ async fn backend_termination_is_reported_and_the_proxy_carries_on() {
     let v: i32 = again.query_one("select 9", &[]).await.unwrap().get(0);
     assert_eq!(v, 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_modes() {
+    let c = cluster();
+    let ca = test_ca().ca_file.display().to_string();
+    let port = c.primary.port;
+    let on_localhost = |yaml: String| yaml.replacen(&format!("host: 127.0.0.1, port: {port}"), &format!("host: localhost, port: {port}"), 1);
+    let cases = [
+        (", tls: disable".to_owned(), false),
+        (String::new(), true), // default: prefer
+        (", tls: require".to_owned(), true),
+        (format!(", tls: verify-full, tls_ca: {ca}"), true),
+    ];
+    for (primary_extra, want_ssl) in cases {
+        let yaml = on_localhost(config_yaml_with(c, &primary_extra, ""));
+        let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+        let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+        let client = connect(proxy.addr).await;
+        let ssl: bool = client
+            .query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(ssl, want_ssl, "primary{primary_extra}");
+        proxy.shutdown().await;
+    }
+    // verify-full by IP address, which the certificate (issued for localhost) does not carry.
+    let yaml = config_yaml_with(c, &format!(", tls: verify-full, tls_ca: {ca}"), "");
+    let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+    let err = connect_as(proxy.addr, "app", APP_PASSWORD).await.err().expect("certificate name mismatch refused");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
+    let msg = err.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("TLS handshake failed"), "{msg}");
+}

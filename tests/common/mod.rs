@@ -15,6 +15,38 @@ pub const APP_PASSWORD: &str = "app-secret";
 pub const MD5_PASSWORD: &str = "md5-secret";
 
 static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+static CA: OnceLock<TestCa> = OnceLock::new();
+
+/// A test certificate authority and a server certificate it signed for `localhost` only.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA written to a file, for `tls_ca:`.
+    pub ca_file: std::path::PathBuf,
+}
+
+pub fn test_ca() -> &'static TestCa {
+    CA.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "pgmeridian test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let ca_file = std::env::temp_dir().join(format!("pgmeridian-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_file,
+        }
+    })
+}
 
 /// The shared cluster for this test binary: a primary and one streaming replica,
 /// with roles `app` (SCRAM), `pgm_md5` (MD5) and `pgm_trust` (trust), and database `app`.
@@ -32,6 +64,8 @@ pub fn cluster() -> &'static LocalCluster {
         ))
         .unwrap_or_else(|e| fail(e));
         c.sql("CREATE DATABASE app OWNER app").unwrap_or_else(|e| fail(e));
+        let ca = test_ca();
+        c.enable_ssl(&ca.cert_pem, &ca.key_pem).unwrap_or_else(|e| fail(e));
         c.primary
             .psql("app", "GRANT ALL ON SCHEMA public TO pgm_md5, pgm_trust")
             .unwrap_or_else(|e| fail(e));
@@ -42,6 +76,11 @@ pub fn cluster() -> &'static LocalCluster {
 
 /// YAML for a proxy in front of `c` (cluster `app`), with `extra` appended at top level.
 pub fn config_yaml(c: &LocalCluster, extra: &str) -> String {
+    config_yaml_with(c, "", extra)
+}
+
+/// Like [`config_yaml`], with `primary_extra` added to the primary's node entry.
+pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> String {
     let replicas: String = c
         .replicas
         .iter()
@@ -59,7 +98,7 @@ users:
   - {{ name: pgm_trust, password: anything }}
 clusters:
   app:
-    primary: {{ host: 127.0.0.1, port: {}, region: us-east }}
+    primary: {{ host: 127.0.0.1, port: {}, region: us-east{primary_extra} }}
     replicas:
 {replicas}{extra}",
         c.primary.port

@@ -1,0 +1,261 @@
+//! Bad input and lifecycle at the byte level: garbage, truncated and oversized startup
+//! packets, idle sockets, protocol violations, connection limits and graceful shutdown.
+//! After each, the proxy must still serve a normal client.
+
+mod common;
+
+use std::time::Duration;
+
+use pgmeridian::protocol::backend::ErrorFields;
+use pgmeridian::protocol::frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::error::SqlState;
+
+use common::*;
+
+/// Reads until the proxy closes the connection (or 10 s pass, which fails the test).
+async fn read_until_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection")
+        .ok();
+    out
+}
+
+/// The SQLSTATE of the first ErrorResponse in `bytes`.
+fn first_error(bytes: &[u8]) -> Option<ErrorFields> {
+    let mut buf = bytes::BytesMut::from(bytes);
+    while let Ok(Some(msg)) = frame::split_message(&mut buf, 1 << 20) {
+        if msg[0] == b'E' {
+            return ErrorFields::parse(frame::body(&msg));
+        }
+    }
+    None
+}
+
+async fn still_serves(addr: std::net::SocketAddr) {
+    let client = connect(addr).await;
+    let v: i32 = client.query_one("select 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+}
+
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_get_a_protocol_error() {
+    let proxy = proxy("").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    let e = first_error(&reply).expect("an ErrorResponse before the close");
+    assert_eq!((e.severity.as_str(), e.code.as_str()), ("FATAL", "08P01"), "{e:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_startup_packet_is_dropped_cleanly() {
+    let proxy = proxy("").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let packet = startup_packet(&[("user", "app"), ("database", "app")]);
+    s.write_all(&packet[..packet.len() / 2]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert!(reply.is_empty(), "nothing to say to a client that left: {reply:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_packet_claiming_2gb_is_refused_without_buffering() {
+    let proxy = proxy("").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    let e = first_error(&reply).expect("an ErrorResponse");
+    assert_eq!(e.code, "08P01");
+    assert!(e.message.contains("invalid startup packet length"), "{e:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_do_not_block_a_real_client() {
+    let proxy = proxy("").await;
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(proxy.addr).await.expect("idle connection accepted"));
+    }
+    still_serves(proxy.addr).await;
+    // Half of them now send a partial startup packet and stall; still fine.
+    for s in idle.iter_mut().step_by(2) {
+        s.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+    }
+    still_serves(proxy.addr).await;
+    drop(idle);
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_startup_is_closed_after_the_startup_timeout() {
+    let proxy = proxy("limits: { startup_timeout: 500ms }\n").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 40]).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    assert!(reply.is_empty(), "{reply:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_pipelined_after_ssl_request_is_refused() {
+    // The reply to SSLRequest must come before anything else is read (CVE-2021-23214 class).
+    let proxy = proxy("").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut bytes = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    bytes.extend_from_slice(&startup_packet(&[("user", "app")]));
+    s.write_all(&bytes).await.unwrap();
+    let reply = read_until_close(&mut s).await;
+    let e = first_error(&reply).expect("an ErrorResponse");
+    assert_eq!(e.code, "08P01");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_and_gssenc_requests_are_declined_without_tls_configured() {
+    let proxy = proxy("").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap(); // GSSENCRequest
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
+    assert_eq!(s.read_u8().await.unwrap(), b'N');
+    // Protocol 2.0 is refused clearly.
+    s.write_all(&[0, 0, 0, 9, 0, 2, 0, 0, 0]).await.unwrap();
+    let e = first_error(&read_until_close(&mut s).await).expect("an ErrorResponse");
+    assert!(e.message.contains("unsupported frontend protocol 2.0"), "{e:?}");
+}
+
+/// Logs in as the MD5 user over a raw socket and returns the socket, ready for queries.
+async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "pgm_md5"), ("database", "app")])).await.unwrap();
+    let mut head = [0u8; 13];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5], "MD5 request");
+    let salt: [u8; 4] = head[9..13].try_into().unwrap();
+    let hash = postgres_protocol::authentication::md5_hash(b"pgm_md5", MD5_PASSWORD.as_bytes(), salt);
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((hash.len() + 5) as u32).to_be_bytes());
+    msg.extend_from_slice(hash.as_bytes());
+    msg.push(0);
+    s.write_all(&msg).await.unwrap();
+    // Read through ReadyForQuery.
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        while let Some(m) = frame::split_message(&mut buf, 1 << 20).unwrap() {
+            if m[0] == b'Z' {
+                return s;
+            }
+            assert_ne!(m[0], b'E', "login failed: {:?}", ErrorFields::parse(frame::body(&m)));
+        }
+        assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed during login");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_message_type_after_login_is_a_protocol_violation() {
+    let proxy = proxy("").await;
+    let mut s = raw_login(proxy.addr).await;
+    s.write_all(b"Y\0\0\0\x04").await.unwrap();
+    let e = first_error(&read_until_close(&mut s).await).expect("an ErrorResponse");
+    assert_eq!((e.severity.as_str(), e.code.as_str()), ("FATAL", "08P01"), "{e:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_length_and_oversized_messages_after_login() {
+    let proxy = proxy("limits: { max_message_bytes: 65536 }\n").await;
+    let mut s = raw_login(proxy.addr).await;
+    s.write_all(b"Q\0\0\0\x02").await.unwrap();
+    let e = first_error(&read_until_close(&mut s).await).expect("an ErrorResponse");
+    assert_eq!(e.code, "08P01", "{e:?}");
+    // A 100 kB query over a 64 kB limit: refused with 54000, as soon as its header is seen.
+    let client = connect(proxy.addr).await;
+    let big = format!("select '{}'", "x".repeat(100_000));
+    let err = client.simple_query(&big).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{err:?}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_with_53300() {
+    let proxy = proxy("limits: { max_client_connections: 2 }\n").await;
+    let a = connect(proxy.addr).await;
+    let _b = connect(proxy.addr).await;
+    let err = connect_as(proxy.addr, "app", APP_PASSWORD).await.err().expect("third client refused");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    drop(a);
+    // The slot frees once the first session ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect_as(proxy.addr, "app", APP_PASSWORD).await {
+            Ok(c) => {
+                c.simple_query("select 1").await.unwrap();
+                break;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot never freed: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_closed_after_the_idle_timeout() {
+    let proxy = proxy("limits: { client_idle_timeout: 300ms }\n").await;
+    let client = connect(proxy.addr).await;
+    client.simple_query("select 1").await.unwrap();
+    // A transaction that is open is not idle-closed by the proxy.
+    client.batch_execute("begin").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.batch_execute("commit").await.expect("open transaction survives the idle timeout");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client.simple_query("select 1").await.unwrap_err();
+    assert!(err.is_closed() || err.code() == Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_open_transactions_finish() {
+    let proxy = proxy("limits: { shutdown_timeout: 20s }\n").await;
+    let addr = proxy.addr;
+    let t = table("shutdown");
+    let busy = connect(addr).await;
+    busy.batch_execute(&format!("create table {t} (v int); begin; insert into {t} values (1)")).await.unwrap();
+    let idle = connect(addr).await;
+    let stopping = tokio::spawn(proxy.shutdown());
+    // New clients are no longer accepted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while connect_as(addr, "app", APP_PASSWORD).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting after shutdown began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The open transaction can still finish, and its write lands.
+    busy.batch_execute(&format!("insert into {t} values (2); commit")).await.expect("transaction finishes during drain");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown completes once sessions are idle").unwrap();
+    let n: i64 = superuser("app").await.query_one(&format!("select count(*) from {t}"), &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    let err = idle.simple_query("select 1").await.unwrap_err();
+    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+}
