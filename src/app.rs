@@ -52,11 +52,15 @@ impl Shared {
         let client_tls = match &config.tls {
             None => None,
             Some(t) => {
-                let (server_config, cert_pem) = tls::server_config(&t.cert, &t.key).map_err(|e| vec![Problem::new("tls", e)])?;
+                let (server_config, cert_pem) = tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| vec![Problem::new("tls", e)])?;
                 let mut scram = scram();
-                scram
-                    .configure_certificate(&cert_pem)
-                    .map_err(|e| vec![Problem::new("tls.cert", format!("cannot use for channel binding: {e}"))])?;
+                scram.configure_certificate(&cert_pem).map_err(|e| {
+                    vec![Problem::new(
+                        "tls.cert",
+                        format!("cannot use for channel binding: {e}"),
+                    )]
+                })?;
                 Some(ClientTls {
                     acceptor: TlsAcceptor::from(server_config),
                     required: t.required,
@@ -87,10 +91,15 @@ impl Proxy {
     /// Binds `config.listen` (port 0 picks a free port) and starts accepting.
     pub async fn start(config: &Config) -> Result<Proxy, Vec<Problem>> {
         let shared = Arc::new(Shared::new(config)?);
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| vec![Problem::new("listen", format!("cannot listen on {}: {e}", config.listen))])?;
-        let addr = listener.local_addr().map_err(|e| vec![Problem::new("listen", e.to_string())])?;
+        let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+            vec![Problem::new(
+                "listen",
+                format!("cannot listen on {}: {e}", config.listen),
+            )]
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| vec![Problem::new("listen", e.to_string())])?;
         let task = tokio::spawn(server::run(listener, shared.clone()));
         Ok(Proxy { addr, shared, task })
     }
@@ -110,12 +119,25 @@ impl Proxy {
 /// `pgmeridian run`: serve until SIGTERM/SIGINT; SIGHUP re-reads the topology.
 pub async fn run(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path).map_err(|ps| render_problems(config_path, &ps))?;
-    let proxy = Proxy::start(&config).await.map_err(|ps| render_problems(config_path, &ps))?;
+    let proxy = Proxy::start(&config)
+        .await
+        .map_err(|ps| render_problems(config_path, &ps))?;
     tracing::info!(listen = %proxy.addr, clusters = config.clusters.len(), "pgmeridian is accepting connections");
-    tokio::spawn(signals(proxy.shared.clone(), config_path.to_owned(), config.listen.clone()));
+    tokio::spawn(signals(
+        proxy.shared.clone(),
+        config_path.to_owned(),
+        config.listen.clone(),
+    ));
     proxy.wait().await;
     tracing::info!("pgmeridian stopped");
     Ok(())
+}
+
+/// `pgmeridian check-config`: everything `run` would check before serving, without serving
+/// (parse, validation, and loading the TLS and CA files).
+pub fn check(path: &Path) -> Result<(), Vec<Problem>> {
+    let config = Config::load(path)?;
+    Shared::new(&config).map(drop)
 }
 
 pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
@@ -157,7 +179,10 @@ fn reload(shared: &Shared, path: &Path, listen: &str) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(ps) => {
-            tracing::error!("reload rejected, keeping the running configuration: {}", render_problems(path, &ps));
+            tracing::error!(
+                "reload rejected, keeping the running configuration: {}",
+                render_problems(path, &ps)
+            );
             return;
         }
     };
@@ -169,6 +194,9 @@ fn reload(shared: &Shared, path: &Path, listen: &str) {
             shared.topology.store(Arc::new(t));
             tracing::info!("configuration reloaded");
         }
-        Err(ps) => tracing::error!("reload rejected, keeping the running configuration: {}", render_problems(path, &ps)),
+        Err(ps) => tracing::error!(
+            "reload rejected, keeping the running configuration: {}",
+            render_problems(path, &ps)
+        ),
     }
 }

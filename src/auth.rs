@@ -40,7 +40,10 @@ fn failed(user: &str) -> AuthError {
 }
 
 fn malformed(what: &str) -> AuthError {
-    AuthError::Client(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("malformed {what}")))
+    AuthError::Client(ClientError::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("malformed {what}"),
+    ))
 }
 
 /// Runs the exchange for `user_name`. `user` is None for an unknown name: the exchange still
@@ -72,7 +75,8 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
     io.flush().await.map_err(WireError::Io)?;
 
     let msg = read_password_message(io).await?;
-    let (mechanism, data) = parse_sasl_initial(frame::body(&msg)).ok_or_else(|| malformed("SASLInitialResponse"))?;
+    let (mechanism, data) =
+        parse_sasl_initial(frame::body(&msg)).ok_or_else(|| malformed("SASLInitialResponse"))?;
     if mechanism != SCRAM && !(mechanism == SCRAM_PLUS && scram.supports_channel_binding()) {
         return Err(AuthError::Client(ClientError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
@@ -92,7 +96,10 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
     let (server_first, waiting) = scram
         .on_client_first_message_with_secret(data, secret)
         .map_err(|e| scram_error(e, user_name))?;
-    encode::auth(&mut io.wbuf, Authentication::SASLContinue(server_first.into_bytes().into()));
+    encode::auth(
+        &mut io.wbuf,
+        Authentication::SASLContinue(server_first.into_bytes().into()),
+    );
     io.flush().await.map_err(WireError::Io)?;
 
     let msg = read_password_message(io).await?;
@@ -103,7 +110,10 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
         // Unreachable in practice (the random secret cannot match), kept as a hard stop.
         return Err(failed(user_name));
     }
-    encode::auth(&mut io.wbuf, Authentication::SASLFinal(server_final.into_bytes().into()));
+    encode::auth(
+        &mut io.wbuf,
+        Authentication::SASLFinal(server_final.into_bytes().into()),
+    );
     Ok(())
 }
 
@@ -111,8 +121,11 @@ fn scram_error(e: PgWireError, user: &str) -> AuthError {
     match e {
         PgWireError::InvalidPassword(_) => failed(user),
         other => AuthError::Client(
-            ClientError::fatal(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
-                .with_detail(other.to_string()),
+            ClientError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            )
+            .with_detail(other.to_string()),
         ),
     }
 }
@@ -126,11 +139,16 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     encode::auth(&mut io.wbuf, Authentication::MD5Password(salt.to_vec()));
     io.flush().await.map_err(WireError::Io)?;
     let msg = read_password_message(io).await?;
-    let (given, _) = frame::read_cstr(frame::body(&msg)).ok_or_else(|| malformed("password message"))?;
+    let (given, _) =
+        frame::read_cstr(frame::body(&msg)).ok_or_else(|| malformed("password message"))?;
     let Some(user) = user else {
         return Err(failed(user_name));
     };
-    let expected = postgres_protocol::authentication::md5_hash(user.name.as_bytes(), user.password.as_bytes(), salt);
+    let expected = postgres_protocol::authentication::md5_hash(
+        user.name.as_bytes(),
+        user.password.as_bytes(),
+        salt,
+    );
     if constant_time_eq(given, expected.as_bytes()) {
         Ok(())
     } else {
@@ -138,15 +156,26 @@ async fn md5<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn read_password_message<S: AsyncRead + AsyncWrite + Unpin>(io: &mut MessageIo<S>) -> Result<BytesMut, AuthError> {
-    let msg = io.read_message(AUTH_MESSAGE_LIMIT).await.map_err(|e| match e {
-        WireError::Frame(f) => AuthError::Client(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, f.to_string())),
-        other => AuthError::Gone(other),
-    })?;
+async fn read_password_message<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut MessageIo<S>,
+) -> Result<BytesMut, AuthError> {
+    let msg = io
+        .read_message(AUTH_MESSAGE_LIMIT)
+        .await
+        .map_err(|e| match e {
+            WireError::Frame(f) => AuthError::Client(ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                f.to_string(),
+            )),
+            other => AuthError::Gone(other),
+        })?;
     if msg[0] != tag::PASSWORD {
         return Err(AuthError::Client(ClientError::fatal(
             sqlstate::PROTOCOL_VIOLATION,
-            format!("expected a password response, got message type {:?}", msg[0] as char),
+            format!(
+                "expected a password response, got message type {:?}",
+                msg[0] as char
+            ),
         )));
     }
     Ok(msg)
@@ -177,12 +206,16 @@ mod tests {
     fn sasl_initial_response_parsing_never_trusts_lengths() {
         let ok = [b"SCRAM-SHA-256\0".as_slice(), &3i32.to_be_bytes(), b"abc"].concat();
         let none = [b"SCRAM-SHA-256\0".as_slice(), &(-1i32).to_be_bytes()].concat();
-        let cases: Vec<(Vec<u8>, Option<(&str, &[u8])>)> = vec![
+        type Case = (Vec<u8>, Option<(&'static str, &'static [u8])>);
+        let cases: Vec<Case> = vec![
             (ok, Some(("SCRAM-SHA-256", b"abc"))),
             (none, Some(("SCRAM-SHA-256", b""))),
             (b"SCRAM-SHA-256\0".to_vec(), None),
             (b"SCRAM-SHA-256".to_vec(), None),
-            ([b"M\0".as_slice(), &9i32.to_be_bytes(), b"abc"].concat(), None),
+            (
+                [b"M\0".as_slice(), &9i32.to_be_bytes(), b"abc"].concat(),
+                None,
+            ),
             ([b"M\0".as_slice(), &(-5i32).to_be_bytes()].concat(), None),
             ([b"M\0".as_slice(), &i32::MAX.to_be_bytes()].concat(), None),
         ];

@@ -52,13 +52,22 @@ impl ConnectError {
     pub fn to_client(&self) -> ClientError {
         match self {
             ConnectError::Rejected { node, fields } => {
-                let code = if fields.code.is_empty() { sqlstate::CONNECTION_FAILURE } else { &fields.code };
-                ClientError::fatal(code.to_owned(), format!("backend {node}: {}", fields.message))
+                let code = if fields.code.is_empty() {
+                    sqlstate::CONNECTION_FAILURE
+                } else {
+                    &fields.code
+                };
+                ClientError::fatal(
+                    code.to_owned(),
+                    format!("backend {node}: {}", fields.message),
+                )
             }
             ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
                 ClientError::fatal(sqlstate::CONNECTION_FAILURE, self.to_string())
             }
-            ConnectError::Protocol { .. } => ClientError::fatal(sqlstate::CLIENT_UNABLE_TO_CONNECT, self.to_string()),
+            ConnectError::Protocol { .. } => {
+                ClientError::fatal(sqlstate::CLIENT_UNABLE_TO_CONNECT, self.to_string())
+            }
         }
     }
 }
@@ -88,7 +97,8 @@ pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
     let mut tcp = TcpStream::connect((node.host.as_str(), node.port))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    tcp.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| unreachable(e.to_string()))?;
     let (config, name, required) = match &node.tls {
         BackendTlsSpec::Disable => return Ok(Stream::Plain(tcp)),
         BackendTlsSpec::Prefer(c, n) => (c, n, false),
@@ -96,12 +106,19 @@ pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
     };
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
-    tcp.write_all(&buf).await.map_err(|e| unreachable(e.to_string()))?;
-    let answer = tcp.read_u8().await.map_err(|e| unreachable(e.to_string()))?;
+    tcp.write_all(&buf)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let answer = tcp
+        .read_u8()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     match answer {
         b'S' => tls_handshake(tcp, config, name).await.map_err(unreachable),
         b'N' if !required => Ok(Stream::Plain(tcp)),
-        b'N' => Err(unreachable("server does not support TLS, and this node requires it".into())),
+        b'N' => Err(unreachable(
+            "server does not support TLS, and this node requires it".into(),
+        )),
         other => Err(ConnectError::Protocol {
             node: node.to_string(),
             reason: format!("unexpected answer {:?} to SSLRequest", other as char),
@@ -109,7 +126,11 @@ pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
     }
 }
 
-async fn tls_handshake(tcp: TcpStream, config: &Arc<ClientConfig>, name: &ServerName<'static>) -> Result<Stream, String> {
+async fn tls_handshake(
+    tcp: TcpStream,
+    config: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+) -> Result<Stream, String> {
     let tls = TlsConnector::from(config.clone())
         .connect(name.clone(), tcp)
         .await
@@ -137,10 +158,13 @@ async fn connect_inner(
     params.extend(
         client_params
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "user" | "database") && !k.starts_with("pgmeridian."))
+            .filter(|(k, _)| {
+                !matches!(k.as_str(), "user" | "database") && !k.starts_with("pgmeridian.")
+            })
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    frontend::startup_message(params.iter().copied(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+    frontend::startup_message(params.iter().copied(), &mut io.wbuf)
+        .map_err(|e| protocol(e.to_string()))?;
     io.flush().await.map_err(|e| io_err(e.into()))?;
 
     let mut scram: Option<ScramSha256> = None;
@@ -151,33 +175,60 @@ async fn connect_inner(
         let body = frame::body(&msg);
         match msg[0] {
             btag::AUTHENTICATION => {
-                let (code, data) = body.split_first_chunk::<4>().ok_or_else(|| protocol("short authentication message".into()))?;
+                let (code, data) = body
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| protocol("short authentication message".into()))?;
                 match i32::from_be_bytes(*code) {
                     0 => {}
-                    3 => frontend::password_message(user.password.as_bytes(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?,
+                    3 => frontend::password_message(user.password.as_bytes(), &mut io.wbuf)
+                        .map_err(|e| protocol(e.to_string()))?,
                     5 => {
-                        let salt: [u8; 4] = data.try_into().map_err(|_| protocol("bad MD5 salt".into()))?;
-                        let hash = postgres_protocol::authentication::md5_hash(user.name.as_bytes(), user.password.as_bytes(), salt);
-                        frontend::password_message(hash.as_bytes(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                        let salt: [u8; 4] = data
+                            .try_into()
+                            .map_err(|_| protocol("bad MD5 salt".into()))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            user.name.as_bytes(),
+                            user.password.as_bytes(),
+                            salt,
+                        );
+                        frontend::password_message(hash.as_bytes(), &mut io.wbuf)
+                            .map_err(|e| protocol(e.to_string()))?;
                     }
                     10 => {
                         if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
-                            return Err(protocol("server offers no SASL mechanism we support".into()));
+                            return Err(protocol(
+                                "server offers no SASL mechanism we support".into(),
+                            ));
                         }
-                        let s = ScramSha256::new(user.password.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                        let s = ScramSha256::new(
+                            user.password.as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut io.wbuf)
+                            .map_err(|e| protocol(e.to_string()))?;
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
-                        s.update(data).map_err(|e| protocol(format!("SCRAM: {e}")))?;
-                        frontend::sasl_response(s.message(), &mut io.wbuf).map_err(|e| protocol(e.to_string()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
+                        s.update(data)
+                            .map_err(|e| protocol(format!("SCRAM: {e}")))?;
+                        frontend::sasl_response(s.message(), &mut io.wbuf)
+                            .map_err(|e| protocol(e.to_string()))?;
                     }
                     12 => {
-                        let mut s = scram.take().ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
-                        s.finish(data).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
+                        let mut s = scram
+                            .take()
+                            .ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
+                        s.finish(data)
+                            .map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
                     }
-                    other => return Err(protocol(format!("unsupported authentication method {other}"))),
+                    other => {
+                        return Err(protocol(format!(
+                            "unsupported authentication method {other}"
+                        )))
+                    }
                 }
                 io.flush().await.map_err(|e| io_err(e.into()))?;
             }
@@ -193,13 +244,22 @@ async fn connect_inner(
                 }
             }
             btag::BACKEND_KEY_DATA => {
-                let (pid, k) = body.split_first_chunk::<4>().ok_or_else(|| protocol("short BackendKeyData".into()))?;
-                let k: [u8; 4] = k.try_into().map_err(|_| protocol("cancel key is not 4 bytes".into()))?;
+                let (pid, k) = body
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| protocol("short BackendKeyData".into()))?;
+                let k: [u8; 4] = k
+                    .try_into()
+                    .map_err(|_| protocol("cancel key is not 4 bytes".into()))?;
                 key = Some((i32::from_be_bytes(*pid), i32::from_be_bytes(k)));
             }
             btag::READY_FOR_QUERY => break,
             btag::NOTICE_RESPONSE | btag::NEGOTIATE_PROTOCOL_VERSION => {}
-            other => return Err(protocol(format!("unexpected message {:?} during login", other as char))),
+            other => {
+                return Err(protocol(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )))
+            }
         }
     }
     let (pid, key) = key.unwrap_or((0, 0));
@@ -221,7 +281,12 @@ fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Sends a CancelRequest for (`pid`, `key`) to `node` on a fresh connection.
-pub async fn send_cancel(node: &NodeSpec, pid: i32, key: i32, timeout: Duration) -> Result<(), ConnectError> {
+pub async fn send_cancel(
+    node: &NodeSpec,
+    pid: i32,
+    key: i32,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
     let work = async {
         let mut stream = open_stream(node).await?;
         let mut buf = BytesMut::with_capacity(16);
@@ -240,10 +305,12 @@ pub async fn send_cancel(node: &NodeSpec, pid: i32, key: i32, timeout: Duration)
         while stream.read(&mut sink).await.map_err(fail)? > 0 {}
         Ok(())
     };
-    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
-        Err(ConnectError::Timeout {
-            node: node.to_string(),
-            after: timeout,
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                node: node.to_string(),
+                after: timeout,
+            })
         })
-    })
 }

@@ -59,18 +59,35 @@ impl CancelRegistry {
 
     /// The target for a CancelRequest, if the pid is live and the key matches.
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
-        let entry = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&pid)?.clone();
+        let entry = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)?
+            .clone();
         let expected = entry.key.to_be_bytes();
-        let matches = key.len() == 4 && key.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let matches = key.len() == 4
+            && key
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !matches {
             return None;
         }
-        let target = entry.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let target = entry
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         target
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,7 +104,11 @@ impl CancelHandle {
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pid);
+        self.registry
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pid);
     }
 }
 
@@ -114,11 +135,20 @@ mod tests {
         let h = reg.register();
         let other = reg.register();
         assert_ne!(h.pid, other.pid);
-        assert!(reg.lookup(h.pid, &h.key.to_be_bytes()).is_none(), "no target yet");
-        h.set_target(CancelTarget { node: node(), pid: 77, key: 88 });
+        assert!(
+            reg.lookup(h.pid, &h.key.to_be_bytes()).is_none(),
+            "no target yet"
+        );
+        h.set_target(CancelTarget {
+            node: node(),
+            pid: 77,
+            key: 88,
+        });
         let t = reg.lookup(h.pid, &h.key.to_be_bytes()).unwrap();
         assert_eq!((t.pid, t.key), (77, 88));
-        assert!(reg.lookup(h.pid, &h.key.wrapping_add(1).to_be_bytes()).is_none());
+        assert!(reg
+            .lookup(h.pid, &h.key.wrapping_add(1).to_be_bytes())
+            .is_none());
         assert!(reg.lookup(h.pid, &[1, 2, 3]).is_none());
         assert!(reg.lookup(other.pid, &h.key.to_be_bytes()).is_none() || other.key == h.key);
         let pid = h.pid;

@@ -180,7 +180,8 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<Problem>> {
-        let mut config: Config = serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+        let mut config: Config =
+            serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
         let mut problems = Vec::new();
         config.expand_env(env, &mut problems);
         problems.extend(validate(&config));
@@ -193,20 +194,39 @@ impl Config {
 
     /// Reads and checks a file, with the process environment for `${VAR}`.
     pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![Problem::new("", format!("cannot read {}: {e}", path.display()))])?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Problem::new(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )]
+        })?;
         Config::from_yaml(&text, &|name| std::env::var(name).ok())
     }
 
     fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
         for (i, user) in self.users.iter_mut().enumerate() {
-            expand_field(&mut user.password, &format!("users[{i}].password"), env, problems);
+            expand_field(
+                &mut user.password,
+                &format!("users[{i}].password"),
+                env,
+                problems,
+            );
         }
         for (name, cluster) in &mut self.clusters {
             let prefix = format!("clusters.{name}");
-            expand_field(&mut cluster.primary.host, &format!("{prefix}.primary.host"), env, problems);
+            expand_field(
+                &mut cluster.primary.host,
+                &format!("{prefix}.primary.host"),
+                env,
+                problems,
+            );
             for (i, node) in cluster.replicas.iter_mut().enumerate() {
-                expand_field(&mut node.host, &format!("{prefix}.replicas[{i}].host"), env, problems);
+                expand_field(
+                    &mut node.host,
+                    &format!("{prefix}.replicas[{i}].host"),
+                    env,
+                    problems,
+                );
             }
         }
     }
@@ -251,7 +271,8 @@ pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
-            let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value =
+                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {

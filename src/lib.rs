@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod localpg;
 pub mod protocol;

@@ -164,14 +164,17 @@ impl LocalCluster {
         let bin = PgBin::find()?;
         let run_as = RunAs::detect()?;
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
-        let base = std::env::temp_dir().join(format!("pgmeridian-{label}-{}-{n}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("pgmeridian-{label}-{}-{n}", std::process::id()));
         if base.exists() {
-            fs::remove_dir_all(&base).map_err(|e| format!("cannot clear {}: {e}", base.display()))?;
+            fs::remove_dir_all(&base)
+                .map_err(|e| format!("cannot clear {}: {e}", base.display()))?;
         }
         fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
         fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         if let Some(r) = run_as {
-            std::os::unix::fs::chown(&base, Some(r.uid), Some(r.gid)).map_err(|e| format!("chown {}: {e}", base.display()))?;
+            std::os::unix::fs::chown(&base, Some(r.uid), Some(r.gid))
+                .map_err(|e| format!("chown {}: {e}", base.display()))?;
         }
         let primary = LocalNode {
             name: "primary".into(),
@@ -181,15 +184,19 @@ impl LocalCluster {
             bin: bin.clone(),
             run_as,
         };
-        run(primary.command("initdb").args(["-D"]).arg(&primary.data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--locale=C",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]))?;
+        run(primary
+            .command("initdb")
+            .args(["-D"])
+            .arg(&primary.data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--locale=C",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]))?;
         let conf = format!("{PRIMARY_CONF}port = {}\n", primary.port);
         append(&primary.data.join("postgresql.conf"), &conf)?;
         fs::write(primary.data.join("pg_hba.conf"), PG_HBA).map_err(|e| e.to_string())?;
@@ -217,12 +224,23 @@ impl LocalCluster {
         };
         run(node
             .command("pg_basebackup")
-            .args(["-h", "127.0.0.1", "-p", &self.primary.port.to_string(), "-U", "postgres", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
             .arg(&node.data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]))?;
         let mut conf = format!("port = {}\n", node.port);
         if opts.apply_delay_ms > 0 {
-            conf.push_str(&format!("recovery_min_apply_delay = '{}ms'\n", opts.apply_delay_ms));
+            conf.push_str(&format!(
+                "recovery_min_apply_delay = '{}ms'\n",
+                opts.apply_delay_ms
+            ));
         }
         append(&node.data.join("postgresql.conf"), &conf)?;
         node.start()?;
@@ -237,13 +255,21 @@ impl LocalCluster {
         for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
             let path = data.join(name);
             fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
             if let Some(r) = self.run_as {
-                std::os::unix::fs::chown(&path, Some(r.uid), Some(r.gid)).map_err(|e| e.to_string())?;
+                std::os::unix::fs::chown(&path, Some(r.uid), Some(r.gid))
+                    .map_err(|e| e.to_string())?;
             }
         }
         append(&data.join("postgresql.conf"), "ssl = on\n")?;
-        run(self.primary.command("pg_ctl").args(["-D"]).arg(data).args(["reload"]).stdout(Stdio::null()))?;
+        run(self
+            .primary
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(data)
+            .args(["reload"])
+            .stdout(Stdio::null()))?;
         Ok(())
     }
 
@@ -264,12 +290,16 @@ impl LocalCluster {
             pg_ctl = self.bin.program("pg_ctl").display(),
         );
         let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cmd.process_group(0);
         if let Some(r) = self.run_as {
             cmd.uid(r.uid).gid(r.gid);
         }
-        cmd.spawn().map_err(|e| format!("cannot start the cleanup watchdog: {e}"))?;
+        cmd.spawn()
+            .map_err(|e| format!("cannot start the cleanup watchdog: {e}"))?;
         Ok(())
     }
 
@@ -291,7 +321,10 @@ impl Drop for LocalCluster {
 impl LocalNode {
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin.program(program));
-        cmd.env("LC_ALL", "C").env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST");
+        cmd.env("LC_ALL", "C")
+            .env_remove("PGDATA")
+            .env_remove("PGPORT")
+            .env_remove("PGHOST");
         cmd.current_dir("/");
         if let Some(r) = self.run_as {
             cmd.uid(r.uid).gid(r.gid);
@@ -309,7 +342,13 @@ impl LocalNode {
             .arg(&self.log)
             .args(["-w", "-t", "120", "start"])
             .stdout(Stdio::null()))
-        .map_err(|e| format!("{e}\nserver log ({}):\n{}", self.log.display(), tail(&self.log)))
+        .map_err(|e| {
+            format!(
+                "{e}\nserver log ({}):\n{}",
+                self.log.display(),
+                tail(&self.log)
+            )
+        })
         .map(drop)
     }
 
@@ -322,20 +361,41 @@ impl LocalNode {
         if !self.data.join("postmaster.pid").exists() {
             return Ok(());
         }
-        run(self.command("pg_ctl").args(["-D"]).arg(&self.data).args(["-m", mode, "-w", "stop"]).stdout(Stdio::null()))
-            .map(drop)
+        run(self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", mode, "-w", "stop"])
+            .stdout(Stdio::null()))
+        .map(drop)
     }
 
     /// pg_ctl promote (for a replica).
     pub fn promote(&self) -> Result<(), String> {
-        run(self.command("pg_ctl").args(["-D"]).arg(&self.data).args(["-w", "promote"]).stdout(Stdio::null())).map(drop)
+        run(self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-w", "promote"])
+            .stdout(Stdio::null()))
+        .map(drop)
     }
 
     /// Runs SQL through psql as `postgres` on `database`; returns unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = run(self
             .command("psql")
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
@@ -343,13 +403,20 @@ impl LocalNode {
 
 fn append(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
     let shown = format!("{:?}", cmd);
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if out.status.success() {
         Ok(out)
     } else {

@@ -63,11 +63,19 @@ mod tests {
     fn decision_table() {
         let cases = [
             (TxnStatus::Idle, Target::Primary, Reason::PrimaryOnly),
-            (TxnStatus::InTransaction, Target::Primary, Reason::InTransaction),
+            (
+                TxnStatus::InTransaction,
+                Target::Primary,
+                Reason::InTransaction,
+            ),
             (TxnStatus::Failed, Target::Primary, Reason::InTransaction),
         ];
         for (txn, target, reason) in cases {
-            assert_eq!(decide(&RouteInput { txn }), Decision { target, reason }, "{txn:?}");
+            assert_eq!(
+                decide(&RouteInput { txn }),
+                Decision { target, reason },
+                "{txn:?}"
+            );
         }
     }
 }

@@ -48,9 +48,16 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
     drop(listener);
     tracker.close();
     let timeout = shared.topology.load().limits.shutdown_timeout;
-    tracing::info!(sessions = tracker.len(), ?timeout, "stopped accepting; waiting for sessions to finish");
+    tracing::info!(
+        sessions = tracker.len(),
+        ?timeout,
+        "stopped accepting; waiting for sessions to finish"
+    );
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(sessions = tracker.len(), "shutdown timeout reached; closing remaining sessions");
+        tracing::warn!(
+            sessions = tracker.len(),
+            "shutdown timeout reached; closing remaining sessions"
+        );
         shared.hard_stop.cancel();
         let _ = tokio::time::timeout(HARD_STOP_GRACE, tracker.wait()).await;
     }
@@ -80,7 +87,11 @@ impl Drop for ClientSlot {
 
 async fn refuse(mut tcp: tokio::net::TcpStream, limit: usize) {
     let mut buf = BytesMut::new();
-    ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, format!("sorry, too many clients already (limit {limit})")).encode(&mut buf);
+    ClientError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        format!("sorry, too many clients already (limit {limit})"),
+    )
+    .encode(&mut buf);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = tcp.write_all(&buf).await;
         let _ = tcp.shutdown().await;

@@ -25,13 +25,14 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     async move {
         let _ = tcp.set_nodelay(true);
         let startup_timeout = shared.topology.load().limits.startup_timeout;
-        let outcome = match tokio::time::timeout(startup_timeout, handshake::handshake(tcp, shared)).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::debug!(?startup_timeout, "client did not finish startup in time");
-                return;
-            }
-        };
+        let outcome =
+            match tokio::time::timeout(startup_timeout, handshake::handshake(tcp, shared)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::debug!(?startup_timeout, "client did not finish startup in time");
+                    return;
+                }
+            };
         match outcome {
             Outcome::Closed => {}
             Outcome::Refused(mut io, error) => {

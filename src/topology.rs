@@ -61,8 +61,14 @@ pub enum BackendTlsSpec {
 impl fmt::Display for NodeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.role {
-            ConfiguredRole::Primary => write!(f, "{}/primary ({}:{})", self.cluster, self.host, self.port),
-            ConfiguredRole::Replica(i) => write!(f, "{}/replica[{i}] ({}:{})", self.cluster, self.host, self.port),
+            ConfiguredRole::Primary => {
+                write!(f, "{}/primary ({}:{})", self.cluster, self.host, self.port)
+            }
+            ConfiguredRole::Replica(i) => write!(
+                f,
+                "{}/replica[{i}] ({}:{})",
+                self.cluster, self.host, self.port
+            ),
         }
     }
 }
@@ -108,12 +114,22 @@ impl Topology {
                     tls,
                 })
             };
-            let primary = node(&c.primary, ConfiguredRole::Primary, format!("clusters.{name}.primary"));
+            let primary = node(
+                &c.primary,
+                ConfiguredRole::Primary,
+                format!("clusters.{name}.primary"),
+            );
             let replicas = c
                 .replicas
                 .iter()
                 .enumerate()
-                .map(|(i, n)| node(n, ConfiguredRole::Replica(i), format!("clusters.{name}.replicas[{i}]")))
+                .map(|(i, n)| {
+                    node(
+                        n,
+                        ConfiguredRole::Replica(i),
+                        format!("clusters.{name}.replicas[{i}]"),
+                    )
+                })
                 .collect();
             let spec = ClusterSpec {
                 name: name.clone(),
@@ -136,7 +152,8 @@ impl Topology {
 
 fn backend_tls(n: &Node, unverified: &Arc<ClientConfig>) -> Result<BackendTlsSpec, String> {
     let name = || {
-        ServerName::try_from(n.host.clone()).map_err(|e| format!("host {:?} is not a valid TLS server name: {e}", n.host))
+        ServerName::try_from(n.host.clone())
+            .map_err(|e| format!("host {:?} is not a valid TLS server name: {e}", n.host))
     };
     Ok(match n.tls {
         BackendTls::Disable => BackendTlsSpec::Disable,

@@ -25,14 +25,27 @@ fn simple_values(msgs: &[SimpleQueryMessage]) -> Vec<String> {
 async fn harness_runs_a_streaming_replica() {
     let c = cluster();
     assert_eq!(c.replicas.len(), 1);
-    assert_eq!(c.replicas[0].psql("postgres", "select pg_is_in_recovery()").unwrap(), "t");
+    assert_eq!(
+        c.replicas[0]
+            .psql("postgres", "select pg_is_in_recovery()")
+            .unwrap(),
+        "t"
+    );
     let t = table("harness");
-    c.primary.psql("app", &format!("create table {t} (v int); insert into {t} values (7)")).unwrap();
+    c.primary
+        .psql(
+            "app",
+            &format!("create table {t} (v int); insert into {t} values (7)"),
+        )
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match c.replicas[0].psql("app", &format!("select v from {t}")) {
             Ok(v) if v == "7" => break,
-            other => assert!(Instant::now() < deadline, "replica never caught up: {other:?}"),
+            other => assert!(
+                Instant::now() < deadline,
+                "replica never caught up: {other:?}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -42,16 +55,33 @@ async fn harness_runs_a_streaming_replica() {
 async fn simple_multi_statement_and_parameterized_queries() {
     let proxy = proxy("").await;
     let client = connect(proxy.addr).await;
-    let msgs = client.simple_query("select 1; select 'two'; select null::text").await.unwrap();
+    let msgs = client
+        .simple_query("select 1; select 'two'; select null::text")
+        .await
+        .unwrap();
     assert_eq!(simple_values(&msgs), ["1", "two", "NULL"]);
-    let row = client.query_one("select $1::int4 + 1, $2::text || '!'", &[&41i32, &"hi"]).await.unwrap();
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (42, "hi!".to_owned()));
+    let row = client
+        .query_one("select $1::int4 + 1, $2::text || '!'", &[&41i32, &"hi"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, String>(1)),
+        (42, "hi!".to_owned())
+    );
     // The session really reaches the configured primary.
-    let port: i32 = client.query_one("select inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = client
+        .query_one("select inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(port, i32::from(cluster().primary.port));
     // Empty query and a non-ASCII round trip.
     client.simple_query("").await.unwrap();
-    let s: String = client.query_one("select $1::text", &[&"zażółć 東京"]).await.unwrap().get(0);
+    let s: String = client
+        .query_one("select $1::text", &[&"zażółć 東京"])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(s, "zażółć 東京");
 }
 
@@ -68,7 +98,12 @@ async fn prepared_statement_reuse_and_pipelining() {
     let futures = (0..50i64).map(|i| {
         let client = &client;
         let stmt = &stmt;
-        async move { client.query_one(stmt, &[&i]).await.map(|r| r.get::<_, i64>(0)) }
+        async move {
+            client
+                .query_one(stmt, &[&i])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+        }
     });
     let results = futures_util::future::join_all(futures).await;
     let got: Vec<i64> = results.into_iter().map(Result::unwrap).collect();
@@ -80,20 +115,39 @@ async fn transactions_commit_and_rollback() {
     let proxy = proxy("").await;
     let mut client = connect(proxy.addr).await;
     let t = table("txn");
-    client.batch_execute(&format!("create table {t} (id int primary key, v text)")).await.unwrap();
+    client
+        .batch_execute(&format!("create table {t} (id int primary key, v text)"))
+        .await
+        .unwrap();
     let tx = client.transaction().await.unwrap();
-    tx.execute(&format!("insert into {t} values (1, 'kept')"), &[]).await.unwrap();
+    tx.execute(&format!("insert into {t} values (1, 'kept')"), &[])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let tx = client.transaction().await.unwrap();
-    tx.execute(&format!("insert into {t} values (2, 'dropped')"), &[]).await.unwrap();
-    let inside: i64 = tx.query_one(&format!("select count(*) from {t}"), &[]).await.unwrap().get(0);
+    tx.execute(&format!("insert into {t} values (2, 'dropped')"), &[])
+        .await
+        .unwrap();
+    let inside: i64 = tx
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(inside, 2);
     tx.rollback().await.unwrap();
-    let rows = client.query(&format!("select v from {t} order by id"), &[]).await.unwrap();
+    let rows = client
+        .query(&format!("select v from {t} order by id"), &[])
+        .await
+        .unwrap();
     let values: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(values, ["kept"]);
     // Seen from outside the proxy too.
-    let direct: i64 = superuser("app").await.query_one(&format!("select count(*) from {t}"), &[]).await.unwrap().get(0);
+    let direct: i64 = superuser("app")
+        .await
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(direct, 1);
 }
 
@@ -103,9 +157,15 @@ async fn errors_mid_session_leave_it_usable() {
     let client = connect(proxy.addr).await;
     let err = client.simple_query("select 1/0").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
-    let err = client.query("select * from no_such_table", &[]).await.unwrap_err();
+    let err = client
+        .query("select * from no_such_table", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
-    assert_eq!(simple_values(&client.simple_query("select 'after'").await.unwrap()), ["after"]);
+    assert_eq!(
+        simple_values(&client.simple_query("select 'after'").await.unwrap()),
+        ["after"]
+    );
     // An error inside a transaction block aborts it until ROLLBACK.
     client.batch_execute("begin").await.unwrap();
     assert!(client.simple_query("select 1/0").await.is_err());
@@ -115,7 +175,10 @@ async fn errors_mid_session_leave_it_usable() {
     let v: i32 = client.query_one("select 5", &[]).await.unwrap().get(0);
     assert_eq!(v, 5);
     // An error in the middle of a multi-statement string stops the rest of it.
-    let err = client.batch_execute("select 1; select 1/0; select 3").await.unwrap_err();
+    let err = client
+        .batch_execute("select 1; select 1/0; select 3")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
 }
 
@@ -124,8 +187,14 @@ async fn copy_in_and_out() {
     let proxy = proxy("").await;
     let client = connect(proxy.addr).await;
     let t = table("copy");
-    client.batch_execute(&format!("create table {t} (id int, v text)")).await.unwrap();
-    let sink = client.copy_in(&format!("copy {t} from stdin")).await.unwrap();
+    client
+        .batch_execute(&format!("create table {t} (id int, v text)"))
+        .await
+        .unwrap();
+    let sink = client
+        .copy_in(&format!("copy {t} from stdin"))
+        .await
+        .unwrap();
     let mut sink = std::pin::pin!(sink);
     let mut expected = String::new();
     for chunk in 0..10 {
@@ -139,26 +208,39 @@ async fn copy_in_and_out() {
     }
     let copied = sink.finish().await.unwrap();
     assert_eq!(copied, 10_000);
-    let stream = client.copy_out(&format!("copy (select * from {t} order by id) to stdout")).await.unwrap();
+    let stream = client
+        .copy_out(&format!("copy (select * from {t} order by id) to stdout"))
+        .await
+        .unwrap();
     let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
     let out: Vec<u8> = chunks.concat();
     assert_eq!(String::from_utf8(out).unwrap(), expected);
     // A failing COPY FROM leaves the session usable.
-    let sink = client.copy_in(&format!("copy {t} from stdin")).await.unwrap();
+    let sink = client
+        .copy_in(&format!("copy {t} from stdin"))
+        .await
+        .unwrap();
     let mut sink = std::pin::pin!(sink);
-    sink.send(Bytes::from_static(b"not-a-number\tx\n")).await.unwrap();
+    sink.send(Bytes::from_static(b"not-a-number\tx\n"))
+        .await
+        .unwrap();
     let err = sink.finish().await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION));
-    let n: i64 = client.query_one(&format!("select count(*) from {t}"), &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 10_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_and_notices_arrive() {
     let proxy = proxy("").await;
-    let (listener, mut conn) = tokio_postgres::connect(&conn_string(proxy.addr, "app", APP_PASSWORD, "app"), NoTls)
-        .await
-        .unwrap();
+    let (listener, mut conn) =
+        tokio_postgres::connect(&conn_string(proxy.addr, "app", APP_PASSWORD, "app"), NoTls)
+            .await
+            .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -168,7 +250,10 @@ async fn listen_notify_and_notices_arrive() {
     });
     listener.batch_execute("listen pgm_chan").await.unwrap();
     let sender = connect(proxy.addr).await;
-    sender.batch_execute("notify pgm_chan, 'hello through the proxy'").await.unwrap();
+    sender
+        .batch_execute("notify pgm_chan, 'hello through the proxy'")
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match rx.recv().await {
@@ -180,9 +265,15 @@ async fn listen_notify_and_notices_arrive() {
     })
     .await
     .expect("notification arrived");
-    assert_eq!((got.channel(), got.payload()), ("pgm_chan", "hello through the proxy"));
+    assert_eq!(
+        (got.channel(), got.payload()),
+        ("pgm_chan", "hello through the proxy")
+    );
     // A NOTICE raised by the server reaches the client too.
-    listener.batch_execute("do $$ begin raise notice 'notice via proxy'; end $$").await.unwrap();
+    listener
+        .batch_execute("do $$ begin raise notice 'notice via proxy'; end $$")
+        .await
+        .unwrap();
     let notice = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Some(AsyncMessage::Notice(n)) = rx.recv().await {
@@ -206,7 +297,10 @@ async fn cancel_reaches_the_running_query() {
         (r, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    token.cancel_query(NoTls).await.expect("cancel request sent");
+    token
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel request sent");
     let (result, elapsed) = sleeper.await.unwrap();
     let err = result.expect_err("the sleep must be cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
@@ -218,7 +312,8 @@ async fn cancel_with_a_wrong_key_is_ignored() {
     use tokio::io::AsyncWriteExt;
     let proxy = proxy("").await;
     let client = connect(proxy.addr).await;
-    let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(1)").await.map(|_| ()) });
+    let sleeper =
+        tokio::spawn(async move { client.simple_query("select pg_sleep(1)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Every live session's pid with key 0 (their keys are random), and a pid nobody has.
     for pid in [1i32, 12345, i32::MAX] {
@@ -228,7 +323,10 @@ async fn cancel_with_a_wrong_key_is_ignored() {
         packet.extend_from_slice(&0i32.to_be_bytes());
         s.write_all(&packet).await.unwrap();
     }
-    sleeper.await.unwrap().expect("query was not cancelled by a wrong key");
+    sleeper
+        .await
+        .unwrap()
+        .expect("query was not cancelled by a wrong key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +334,10 @@ async fn a_million_rows_stream_through() {
     let proxy = proxy("").await;
     let client = connect(proxy.addr).await;
     let rows = client
-        .query_raw("select g, 'row-' || g from generate_series(1, 1000000) g", Vec::<i32>::new())
+        .query_raw(
+            "select g, 'row-' || g from generate_series(1, 1000000) g",
+            Vec::<i32>::new(),
+        )
         .await
         .unwrap();
     let mut rows = std::pin::pin!(rows);
@@ -254,31 +355,56 @@ async fn a_million_rows_stream_through() {
 async fn md5_and_trust_backends_and_md5_clients() {
     let proxy = proxy("").await;
     // Client authenticates to the proxy with MD5; the proxy logs in to PostgreSQL with MD5.
-    let md5 = connect_as(proxy.addr, "pgm_md5", MD5_PASSWORD).await.unwrap();
-    let who: String = md5.query_one("select current_user::text", &[]).await.unwrap().get(0);
+    let md5 = connect_as(proxy.addr, "pgm_md5", MD5_PASSWORD)
+        .await
+        .unwrap();
+    let who: String = md5
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "pgm_md5");
-    let err = connect_as(proxy.addr, "pgm_md5", "wrong").await.err().expect("wrong md5 password refused");
+    let err = refused(
+        connect_as(proxy.addr, "pgm_md5", "wrong").await,
+        "wrong md5 password refused",
+    );
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
     // A backend that trusts the role: the proxy still authenticates the client (SCRAM).
-    let trust = connect_as(proxy.addr, "pgm_trust", "anything").await.unwrap();
-    let who: String = trust.query_one("select current_user::text", &[]).await.unwrap().get(0);
+    let trust = connect_as(proxy.addr, "pgm_trust", "anything")
+        .await
+        .unwrap();
+    let who: String = trust
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, "pgm_trust");
-    assert!(connect_as(proxy.addr, "pgm_trust", "not-anything").await.is_err());
+    assert!(connect_as(proxy.addr, "pgm_trust", "not-anything")
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_database_errors_have_their_sqlstates() {
     let proxy = proxy("").await;
-    let wrong = connect_as(proxy.addr, "app", "nope").await.err().expect("wrong password refused");
+    let wrong = refused(
+        connect_as(proxy.addr, "app", "nope").await,
+        "wrong password refused",
+    );
     assert_eq!(wrong.code(), Some(&SqlState::INVALID_PASSWORD));
-    let unknown_user = connect_as(proxy.addr, "mallory", "x").await.err().expect("unknown user refused");
+    let unknown_user = refused(
+        connect_as(proxy.addr, "mallory", "x").await,
+        "unknown user refused",
+    );
     assert_eq!(unknown_user.code(), Some(&SqlState::INVALID_PASSWORD));
-    let err = tokio_postgres::connect(&conn_string(proxy.addr, "app", APP_PASSWORD, "nope"), NoTls)
-        .await
-        .err()
-        .expect("unknown database refused");
+    let err = refused(
+        tokio_postgres::connect(&conn_string(proxy.addr, "app", APP_PASSWORD, "nope"), NoTls).await,
+        "unknown database refused",
+    );
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
-    let db = err.as_db_error().expect("a server error, not a dropped socket");
+    let db = err
+        .as_db_error()
+        .expect("a server error, not a dropped socket");
     assert_eq!(db.message(), "database \"nope\" does not exist");
     assert_eq!(db.severity(), "FATAL");
 }
@@ -287,9 +413,16 @@ async fn auth_and_database_errors_have_their_sqlstates() {
 async fn backend_termination_is_reported_and_the_proxy_carries_on() {
     let proxy = proxy("").await;
     let client = connect(proxy.addr).await;
-    let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let admin = superuser("postgres").await;
-    admin.execute("select pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    admin
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
     let err = loop {
         match client.simple_query("select 1").await {
             Err(e) => break e,
@@ -298,7 +431,9 @@ async fn backend_termination_is_reported_and_the_proxy_carries_on() {
     };
     let code = err.code().cloned();
     assert!(
-        code == Some(SqlState::ADMIN_SHUTDOWN) || code == Some(SqlState::CONNECTION_FAILURE) || err.is_closed(),
+        code == Some(SqlState::ADMIN_SHUTDOWN)
+            || code == Some(SqlState::CONNECTION_FAILURE)
+            || err.is_closed(),
         "unexpected error after backend termination: {err:?}"
     );
     let again = connect(proxy.addr).await;
@@ -309,9 +444,15 @@ async fn backend_termination_is_reported_and_the_proxy_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_tls_modes() {
     let c = cluster();
-    let ca = test_ca().ca_file.display().to_string();
+    let ca = ca_file().display().to_string();
     let port = c.primary.port;
-    let on_localhost = |yaml: String| yaml.replacen(&format!("host: 127.0.0.1, port: {port}"), &format!("host: localhost, port: {port}"), 1);
+    let on_localhost = |yaml: String| {
+        yaml.replacen(
+            &format!("host: 127.0.0.1, port: {port}"),
+            &format!("host: localhost, port: {port}"),
+            1,
+        )
+    };
     let cases = [
         (", tls: disable".to_owned(), false),
         (String::new(), true), // default: prefer
@@ -324,7 +465,10 @@ async fn backend_tls_modes() {
         let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
         let client = connect(proxy.addr).await;
         let ssl: bool = client
-            .query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+            .query_one(
+                "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -335,7 +479,10 @@ async fn backend_tls_modes() {
     let yaml = config_yaml_with(c, &format!(", tls: verify-full, tls_ca: {ca}"), "");
     let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
     let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
-    let err = connect_as(proxy.addr, "app", APP_PASSWORD).await.err().expect("certificate name mismatch refused");
+    let err = refused(
+        connect_as(proxy.addr, "app", APP_PASSWORD).await,
+        "certificate name mismatch refused",
+    );
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("TLS handshake failed"), "{msg}");

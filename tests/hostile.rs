@@ -59,10 +59,16 @@ fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
 async fn garbage_bytes_get_a_protocol_error() {
     let proxy = proxy("").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_until_close(&mut s).await;
     let e = first_error(&reply).expect("an ErrorResponse before the close");
-    assert_eq!((e.severity.as_str(), e.code.as_str()), ("FATAL", "08P01"), "{e:?}");
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str()),
+        ("FATAL", "08P01"),
+        "{e:?}"
+    );
     still_serves(proxy.addr).await;
 }
 
@@ -74,7 +80,10 @@ async fn truncated_startup_packet_is_dropped_cleanly() {
     s.write_all(&packet[..packet.len() / 2]).await.unwrap();
     s.shutdown().await.unwrap();
     let reply = read_until_close(&mut s).await;
-    assert!(reply.is_empty(), "nothing to say to a client that left: {reply:?}");
+    assert!(
+        reply.is_empty(),
+        "nothing to say to a client that left: {reply:?}"
+    );
     still_serves(proxy.addr).await;
 }
 
@@ -82,7 +91,9 @@ async fn truncated_startup_packet_is_dropped_cleanly() {
 async fn startup_packet_claiming_2gb_is_refused_without_buffering() {
     let proxy = proxy("").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .await
+        .unwrap();
     let reply = read_until_close(&mut s).await;
     let e = first_error(&reply).expect("an ErrorResponse");
     assert_eq!(e.code, "08P01");
@@ -95,7 +106,11 @@ async fn two_thousand_idle_connections_do_not_block_a_real_client() {
     let proxy = proxy("").await;
     let mut idle = Vec::with_capacity(2000);
     for _ in 0..2000 {
-        idle.push(TcpStream::connect(proxy.addr).await.expect("idle connection accepted"));
+        idle.push(
+            TcpStream::connect(proxy.addr)
+                .await
+                .expect("idle connection accepted"),
+        );
     }
     still_serves(proxy.addr).await;
     // Half of them now send a partial startup packet and stall; still fine.
@@ -135,25 +150,35 @@ async fn data_pipelined_after_ssl_request_is_refused() {
 async fn ssl_and_gssenc_requests_are_declined_without_tls_configured() {
     let proxy = proxy("").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await.unwrap(); // GSSENCRequest
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap(); // GSSENCRequest
     assert_eq!(s.read_u8().await.unwrap(), b'N');
-    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap(); // SSLRequest
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap(); // SSLRequest
     assert_eq!(s.read_u8().await.unwrap(), b'N');
     // Protocol 2.0 is refused clearly.
     s.write_all(&[0, 0, 0, 9, 0, 2, 0, 0, 0]).await.unwrap();
     let e = first_error(&read_until_close(&mut s).await).expect("an ErrorResponse");
-    assert!(e.message.contains("unsupported frontend protocol 2.0"), "{e:?}");
+    assert!(
+        e.message.contains("unsupported frontend protocol 2.0"),
+        "{e:?}"
+    );
 }
 
 /// Logs in as the MD5 user over a raw socket and returns the socket, ready for queries.
 async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "pgm_md5"), ("database", "app")])).await.unwrap();
+    s.write_all(&startup_packet(&[("user", "pgm_md5"), ("database", "app")]))
+        .await
+        .unwrap();
     let mut head = [0u8; 13];
     s.read_exact(&mut head).await.unwrap();
     assert_eq!(&head[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5], "MD5 request");
     let salt: [u8; 4] = head[9..13].try_into().unwrap();
-    let hash = postgres_protocol::authentication::md5_hash(b"pgm_md5", MD5_PASSWORD.as_bytes(), salt);
+    let hash =
+        postgres_protocol::authentication::md5_hash(b"pgm_md5", MD5_PASSWORD.as_bytes(), salt);
     let mut msg = vec![b'p'];
     msg.extend_from_slice(&((hash.len() + 5) as u32).to_be_bytes());
     msg.extend_from_slice(hash.as_bytes());
@@ -166,9 +191,17 @@ async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
             if m[0] == b'Z' {
                 return s;
             }
-            assert_ne!(m[0], b'E', "login failed: {:?}", ErrorFields::parse(frame::body(&m)));
+            assert_ne!(
+                m[0],
+                b'E',
+                "login failed: {:?}",
+                ErrorFields::parse(frame::body(&m))
+            );
         }
-        assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed during login");
+        assert!(
+            s.read_buf(&mut buf).await.unwrap() > 0,
+            "closed during login"
+        );
     }
 }
 
@@ -178,7 +211,11 @@ async fn unknown_message_type_after_login_is_a_protocol_violation() {
     let mut s = raw_login(proxy.addr).await;
     s.write_all(b"Y\0\0\0\x04").await.unwrap();
     let e = first_error(&read_until_close(&mut s).await).expect("an ErrorResponse");
-    assert_eq!((e.severity.as_str(), e.code.as_str()), ("FATAL", "08P01"), "{e:?}");
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str()),
+        ("FATAL", "08P01"),
+        "{e:?}"
+    );
     still_serves(proxy.addr).await;
 }
 
@@ -193,7 +230,11 @@ async fn bad_length_and_oversized_messages_after_login() {
     let client = connect(proxy.addr).await;
     let big = format!("select '{}'", "x".repeat(100_000));
     let err = client.simple_query(&big).await.unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{err:?}");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{err:?}"
+    );
     still_serves(proxy.addr).await;
 }
 
@@ -202,7 +243,10 @@ async fn connection_limit_refuses_with_53300() {
     let proxy = proxy("limits: { max_client_connections: 2 }\n").await;
     let a = connect(proxy.addr).await;
     let _b = connect(proxy.addr).await;
-    let err = connect_as(proxy.addr, "app", APP_PASSWORD).await.err().expect("third client refused");
+    let err = refused(
+        connect_as(proxy.addr, "app", APP_PASSWORD).await,
+        "third client refused",
+    );
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
     drop(a);
     // The slot frees once the first session ends.
@@ -230,10 +274,16 @@ async fn idle_sessions_are_closed_after_the_idle_timeout() {
     // A transaction that is open is not idle-closed by the proxy.
     client.batch_execute("begin").await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    client.batch_execute("commit").await.expect("open transaction survives the idle timeout");
+    client
+        .batch_execute("commit")
+        .await
+        .expect("open transaction survives the idle timeout");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let err = client.simple_query("select 1").await.unwrap_err();
-    assert!(err.is_closed() || err.code() == Some(&SqlState::IDLE_SESSION_TIMEOUT), "{err:?}");
+    assert!(
+        err.is_closed() || err.code() == Some(&SqlState::IDLE_SESSION_TIMEOUT),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,20 +292,40 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
     let addr = proxy.addr;
     let t = table("shutdown");
     let busy = connect(addr).await;
-    busy.batch_execute(&format!("create table {t} (v int); begin; insert into {t} values (1)")).await.unwrap();
+    busy.batch_execute(&format!(
+        "create table {t} (v int); begin; insert into {t} values (1)"
+    ))
+    .await
+    .unwrap();
     let idle = connect(addr).await;
     let stopping = tokio::spawn(proxy.shutdown());
     // New clients are no longer accepted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while connect_as(addr, "app", APP_PASSWORD).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still accepting after shutdown began");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting after shutdown began"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The open transaction can still finish, and its write lands.
-    busy.batch_execute(&format!("insert into {t} values (2); commit")).await.expect("transaction finishes during drain");
-    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown completes once sessions are idle").unwrap();
-    let n: i64 = superuser("app").await.query_one(&format!("select count(*) from {t}"), &[]).await.unwrap().get(0);
+    busy.batch_execute(&format!("insert into {t} values (2); commit"))
+        .await
+        .expect("transaction finishes during drain");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes once sessions are idle")
+        .unwrap();
+    let n: i64 = superuser("app")
+        .await
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
     let err = idle.simple_query("select 1").await.unwrap_err();
-    assert!(err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    assert!(
+        err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN),
+        "{err:?}"
+    );
 }

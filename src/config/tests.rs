@@ -52,24 +52,92 @@ fn valid_file_parses_with_defaults_and_expansion() {
 fn each_mistake_is_reported_at_its_yaml_path() {
     // (replace this, with that, expect a problem starting with)
     let cases: &[(&str, &str, &str)] = &[
-        ("listen: 127.0.0.1:6432", "listen: nowhere", "listen: \"nowhere\" is not an IP:port"),
-        ("region: us-east", "region: mars", "region: region \"mars\" is not defined"),
-        ("lat: 53.3", "lat: 153.3", "regions.eu-west.lat: latitude 153.3"),
-        ("port: 5433", "port: 5432", "clusters.app.replicas[0]: 127.0.0.1:5432 appears twice"),
-        ("port: 5433", "port: 0", "clusters.app.replicas[0].port: must be 1-65535"),
-        ("region: eu-west, database", "region: ap-south, database", "clusters.app.replicas[0].region: region \"ap-south\""),
-        ("name: legacy", "name: app", "users[1].name: user \"app\" is listed twice"),
-        ("${APP_PASSWORD}", "${NOPE}", "users[0].password: environment variable NOPE is not set"),
-        ("${APP_PASSWORD}", "${EMPTY}", "users[0].password: must not be empty"),
-        ("${APP_PASSWORD}", "${APP", "users[0].password: unterminated"),
-        ("tls: disable", "tls: verify-full", "clusters.app.replicas[0].tls_ca: tls: verify-full needs a CA file"),
-        ("tls: disable", "tls: sometimes", "clusters.app.replicas[0].tls: unknown variant `sometimes`"),
-        ("auth: md5", "auth: plain", "users[1].auth: unknown variant `plain`"),
-        ("database: app_eu", "databse: app_eu", "clusters.app.replicas[0]: unknown field `databse`"),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: nowhere",
+            "listen: \"nowhere\" is not an IP:port",
+        ),
+        (
+            "region: us-east",
+            "region: mars",
+            "region: region \"mars\" is not defined",
+        ),
+        (
+            "lat: 53.3",
+            "lat: 153.3",
+            "regions.eu-west.lat: latitude 153.3",
+        ),
+        (
+            "port: 5433",
+            "port: 5432",
+            "clusters.app.replicas[0]: 127.0.0.1:5432 appears twice",
+        ),
+        (
+            "port: 5433",
+            "port: 0",
+            "clusters.app.replicas[0].port: must be 1-65535",
+        ),
+        (
+            "region: eu-west, database",
+            "region: ap-south, database",
+            "clusters.app.replicas[0].region: region \"ap-south\"",
+        ),
+        (
+            "name: legacy",
+            "name: app",
+            "users[1].name: user \"app\" is listed twice",
+        ),
+        (
+            "${APP_PASSWORD}",
+            "${NOPE}",
+            "users[0].password: environment variable NOPE is not set",
+        ),
+        (
+            "${APP_PASSWORD}",
+            "${EMPTY}",
+            "users[0].password: must not be empty",
+        ),
+        (
+            "${APP_PASSWORD}",
+            "${APP",
+            "users[0].password: unterminated",
+        ),
+        (
+            "tls: disable",
+            "tls: verify-full",
+            "clusters.app.replicas[0].tls_ca: tls: verify-full needs a CA file",
+        ),
+        (
+            "tls: disable",
+            "tls: sometimes",
+            "clusters.app.replicas[0].tls: unknown variant `sometimes`",
+        ),
+        (
+            "auth: md5",
+            "auth: plain",
+            "users[1].auth: unknown variant `plain`",
+        ),
+        (
+            "database: app_eu",
+            "databse: app_eu",
+            "clusters.app.replicas[0]: unknown field `databse`",
+        ),
         ("limits: {", "limitz: {", "unknown field `limitz`"),
-        ("startup_timeout: 3s", "startup_timeout: 0s", "limits.startup_timeout: must be greater than 0s"),
-        ("startup_timeout: 3s", "startup_timeout: soon", "limits.startup_timeout: invalid"),
-        ("port: 5433", "port: 70000", "clusters.app.replicas[0].port: invalid value"),
+        (
+            "startup_timeout: 3s",
+            "startup_timeout: 0s",
+            "limits.startup_timeout: must be greater than 0s",
+        ),
+        (
+            "startup_timeout: 3s",
+            "startup_timeout: soon",
+            "limits.startup_timeout: invalid",
+        ),
+        (
+            "port: 5433",
+            "port: 70000",
+            "clusters.app.replicas[0].port: invalid value",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(VALID.contains(from), "fixture lacks {from:?}");
@@ -95,10 +163,14 @@ fn missing_sections_are_errors() {
     assert!(problems("listen: 127.0.0.1:1\nregion: x\n")
         .iter()
         .any(|p| p.contains("missing field `users`")));
-    let empty = "listen: 127.0.0.1:1\nregion: x\nregions: {x: {lat: 0, lon: 0}}\nusers: []\nclusters: {}\n";
+    let empty =
+        "listen: 127.0.0.1:1\nregion: x\nregions: {x: {lat: 0, lon: 0}}\nusers: []\nclusters: {}\n";
     assert_eq!(
         problems(empty),
-        vec!["users: at least one user is required", "clusters: at least one cluster is required"]
+        vec![
+            "users: at least one user is required",
+            "clusters: at least one cluster is required"
+        ]
     );
 }
 
@@ -122,7 +194,11 @@ fn env_expansion_table() {
 
 #[test]
 fn example_config_in_repo_is_valid() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgmeridian.example.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/pgmeridian.example.yaml"
+    ))
+    .unwrap();
     let got = Config::from_yaml(&text, &|_| Some("example".into()));
     assert!(got.is_ok(), "{:?}", got.err());
 }

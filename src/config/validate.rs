@@ -14,14 +14,23 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         check_addr(admin, "admin_listen", &mut p);
     }
     if !config.regions.contains_key(&config.region) {
-        p.push(Problem::new("region", unknown_region(&config.region, config)));
+        p.push(Problem::new(
+            "region",
+            unknown_region(&config.region, config),
+        ));
     }
     for (name, r) in &config.regions {
         if !(-90.0..=90.0).contains(&r.lat) {
-            p.push(Problem::new(format!("regions.{name}.lat"), format!("latitude {} is outside -90..90", r.lat)));
+            p.push(Problem::new(
+                format!("regions.{name}.lat"),
+                format!("latitude {} is outside -90..90", r.lat),
+            ));
         }
         if !(-180.0..=180.0).contains(&r.lon) {
-            p.push(Problem::new(format!("regions.{name}.lon"), format!("longitude {} is outside -180..180", r.lon)));
+            p.push(Problem::new(
+                format!("regions.{name}.lon"),
+                format!("longitude {} is outside -180..180", r.lon),
+            ));
         }
     }
     if config.users.is_empty() {
@@ -30,12 +39,21 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let mut seen = HashSet::new();
     for (i, u) in config.users.iter().enumerate() {
         if u.name.is_empty() {
-            p.push(Problem::new(format!("users[{i}].name"), "must not be empty"));
+            p.push(Problem::new(
+                format!("users[{i}].name"),
+                "must not be empty",
+            ));
         } else if !seen.insert(u.name.as_str()) {
-            p.push(Problem::new(format!("users[{i}].name"), format!("user {:?} is listed twice", u.name)));
+            p.push(Problem::new(
+                format!("users[{i}].name"),
+                format!("user {:?} is listed twice", u.name),
+            ));
         }
         if u.password.is_empty() {
-            p.push(Problem::new(format!("users[{i}].password"), "must not be empty"));
+            p.push(Problem::new(
+                format!("users[{i}].password"),
+                "must not be empty",
+            ));
         }
     }
     if config.clusters.is_empty() {
@@ -47,25 +65,44 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
         let mut addrs = BTreeSet::new();
         let nodes = std::iter::once((format!("clusters.{name}.primary"), &cluster.primary)).chain(
-            cluster.replicas.iter().enumerate().map(|(i, n)| (format!("clusters.{name}.replicas[{i}]"), n)),
+            cluster
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("clusters.{name}.replicas[{i}]"), n)),
         );
         for (path, node) in nodes {
             check_node(node, &path, config, &mut p);
             if !addrs.insert((node.host.as_str(), node.port)) {
-                p.push(Problem::new(path, format!("{}:{} appears twice in this cluster", node.host, node.port)));
+                p.push(Problem::new(
+                    path,
+                    format!("{}:{} appears twice in this cluster", node.host, node.port),
+                ));
             }
         }
     }
     let l = &config.limits;
     if l.max_message_bytes < 1024 {
-        p.push(Problem::new("limits.max_message_bytes", "must be at least 1024"));
+        p.push(Problem::new(
+            "limits.max_message_bytes",
+            "must be at least 1024",
+        ));
     }
     if l.max_client_connections == 0 {
-        p.push(Problem::new("limits.max_client_connections", "must be at least 1"));
+        p.push(Problem::new(
+            "limits.max_client_connections",
+            "must be at least 1",
+        ));
     }
-    for (field, d) in [("startup_timeout", l.startup_timeout), ("connect_timeout", l.connect_timeout)] {
+    for (field, d) in [
+        ("startup_timeout", l.startup_timeout),
+        ("connect_timeout", l.connect_timeout),
+    ] {
         if d.is_zero() {
-            p.push(Problem::new(format!("limits.{field}"), "must be greater than 0s"));
+            p.push(Problem::new(
+                format!("limits.{field}"),
+                "must be greater than 0s",
+            ));
         }
     }
     p
@@ -73,7 +110,10 @@ pub fn validate(config: &Config) -> Vec<Problem> {
 
 fn check_addr(value: &str, path: &str, p: &mut Vec<Problem>) {
     if value.parse::<SocketAddr>().is_err() {
-        p.push(Problem::new(path, format!("{value:?} is not an IP:port address")));
+        p.push(Problem::new(
+            path,
+            format!("{value:?} is not an IP:port address"),
+        ));
     }
 }
 
@@ -85,19 +125,28 @@ fn check_node(node: &Node, path: &str, config: &Config, p: &mut Vec<Problem>) {
         p.push(Problem::new(format!("{path}.port"), "must be 1-65535"));
     }
     if !config.regions.contains_key(&node.region) {
-        p.push(Problem::new(format!("{path}.region"), unknown_region(&node.region, config)));
+        p.push(Problem::new(
+            format!("{path}.region"),
+            unknown_region(&node.region, config),
+        ));
     }
     if matches!(&node.database, Some(d) if d.is_empty()) {
-        p.push(Problem::new(format!("{path}.database"), "must not be empty when given"));
+        p.push(Problem::new(
+            format!("{path}.database"),
+            "must not be empty when given",
+        ));
     }
     match (node.tls, &node.tls_ca) {
-        (BackendTls::VerifyFull, None) => {
-            p.push(Problem::new(format!("{path}.tls_ca"), "tls: verify-full needs a CA file"))
-        }
-        (BackendTls::Disable | BackendTls::Prefer | BackendTls::Require, Some(_)) => p.push(Problem::new(
+        (BackendTls::VerifyFull, None) => p.push(Problem::new(
             format!("{path}.tls_ca"),
-            "only used with tls: verify-full; remove it or set tls: verify-full",
+            "tls: verify-full needs a CA file",
         )),
+        (BackendTls::Disable | BackendTls::Prefer | BackendTls::Require, Some(_)) => {
+            p.push(Problem::new(
+                format!("{path}.tls_ca"),
+                "only used with tls: verify-full; remove it or set tls: verify-full",
+            ))
+        }
         _ => {}
     }
 }
@@ -107,6 +156,9 @@ fn unknown_region(name: &str, config: &Config) -> String {
     if known.is_empty() {
         format!("region {name:?} is not defined: add it under `regions:` with lat/lon")
     } else {
-        format!("region {name:?} is not defined in `regions` (known: {})", known.join(", "))
+        format!(
+            "region {name:?} is not defined in `regions` (known: {})",
+            known.join(", ")
+        )
     }
 }

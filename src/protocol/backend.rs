@@ -103,7 +103,10 @@ mod tests {
     fn error_fields_prefer_nonlocalized_severity() {
         let body = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0";
         let e = ErrorFields::parse(body).unwrap();
-        assert_eq!((e.severity.as_str(), e.code.as_str(), e.message.as_str()), ("FATAL", "57P01", "terminating connection"));
+        assert_eq!(
+            (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+            ("FATAL", "57P01", "terminating connection")
+        );
         assert!(e.is_fatal());
         let localized = ErrorFields::parse(b"SFEHLER\0C42601\0Mx\0\0").unwrap();
         assert_eq!(localized.severity, "FEHLER");
@@ -113,7 +116,10 @@ mod tests {
 
     #[test]
     fn parameter_status_pairs() {
-        assert_eq!(parameter_status(b"TimeZone\0UTC\0"), Some((&b"TimeZone"[..], &b"UTC"[..])));
+        assert_eq!(
+            parameter_status(b"TimeZone\0UTC\0"),
+            Some((&b"TimeZone"[..], &b"UTC"[..]))
+        );
         assert_eq!(parameter_status(b"TimeZone\0UTC"), None);
     }
 }

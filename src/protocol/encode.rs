@@ -88,7 +88,14 @@ mod tests {
     #[test]
     fn originated_messages_round_trip_through_our_parsers() {
         let mut buf = BytesMut::new();
-        error_response(&mut buf, "FATAL", "3D000", "database \"x\" does not exist", None, Some("h"));
+        error_response(
+            &mut buf,
+            "FATAL",
+            "3D000",
+            "database \"x\" does not exist",
+            None,
+            Some("h"),
+        );
         parameter_status(&mut buf, b"server_version", b"15.18");
         ready_for_query(&mut buf, TxnStatus::InTransaction);
         backend_key_data(&mut buf, 42, -7);
@@ -97,11 +104,17 @@ mod tests {
         let f = ErrorFields::parse(body(&e)).unwrap();
         assert_eq!((f.severity.as_str(), f.code.as_str()), ("FATAL", "3D000"));
         let s = split_message(&mut buf, 1 << 20).unwrap().unwrap();
-        assert_eq!(parse_ps(body(&s)), Some((&b"server_version"[..], &b"15.18"[..])));
+        assert_eq!(
+            parse_ps(body(&s)),
+            Some((&b"server_version"[..], &b"15.18"[..]))
+        );
         let z = split_message(&mut buf, 1 << 20).unwrap().unwrap();
         assert_eq!(&z[..], b"Z\0\0\0\x05T");
         let k = split_message(&mut buf, 1 << 20).unwrap().unwrap();
-        assert_eq!(&k[..], &[b'K', 0, 0, 0, 12, 0, 0, 0, 42, 0xff, 0xff, 0xff, 0xf9]);
+        assert_eq!(
+            &k[..],
+            &[b'K', 0, 0, 0, 12, 0, 0, 0, 42, 0xff, 0xff, 0xff, 0xf9]
+        );
         assert!(buf.is_empty());
     }
 

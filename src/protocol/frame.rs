@@ -95,17 +95,17 @@ mod tests {
         assert_eq!(body(&first), b"select 1\0");
         assert_eq!(split_message(&mut buf, 1024).unwrap(), None);
         buf.extend_from_slice(&msg(b'S', b"")[3..]);
-        assert_eq!(&split_message(&mut buf, 1024).unwrap().unwrap()[..], b"S\0\0\0\x04");
+        assert_eq!(
+            &split_message(&mut buf, 1024).unwrap().unwrap()[..],
+            b"S\0\0\0\x04"
+        );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn rejects_bad_and_oversized_lengths_from_the_header_alone() {
         let cases: &[(&[u8], FrameError)] = &[
-            (
-                b"Q\0\0\0\x03",
-                FrameError::BadLength { tag: 'Q', len: 3 },
-            ),
+            (b"Q\0\0\0\x03", FrameError::BadLength { tag: 'Q', len: 3 }),
             (
                 b"Q\x7f\xff\xff\xff",
                 FrameError::TooLarge {
@@ -125,7 +125,11 @@ mod tests {
         ];
         for (input, want) in cases {
             let mut buf = BytesMut::from(*input);
-            assert_eq!(split_message(&mut buf, 1024).unwrap_err(), *want, "{input:?}");
+            assert_eq!(
+                split_message(&mut buf, 1024).unwrap_err(),
+                *want,
+                "{input:?}"
+            );
         }
     }
 

@@ -18,7 +18,10 @@ pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
     /// A cancel key; 4 bytes in protocol 3.0, up to 256 in 3.2.
-    Cancel { pid: i32, key: Vec<u8> },
+    Cancel {
+        pid: i32,
+        key: Vec<u8>,
+    },
     /// StartupMessage for protocol 3.`minor`, with its parameters in the order sent.
     Startup {
         minor: u16,
@@ -116,7 +119,14 @@ mod tests {
 
     #[test]
     fn length_word_limits() {
-        for (len, ok) in [(0u32, false), (7, false), (8, true), (10_000, true), (10_001, false), (0x8000_0000, false)] {
+        for (len, ok) in [
+            (0u32, false),
+            (7, false),
+            (8, true),
+            (10_000, true),
+            (10_001, false),
+            (0x8000_0000, false),
+        ] {
             assert_eq!(body_len(len.to_be_bytes()).is_ok(), ok, "length {len}");
         }
     }
@@ -131,21 +141,51 @@ mod tests {
         let cases: Vec<(Vec<u8>, Result<StartupPacket, StartupError>)> = vec![
             (code(SSL_REQUEST), Ok(StartupPacket::SslRequest)),
             (code(GSSENC_REQUEST), Ok(StartupPacket::GssEncRequest)),
-            (cancel, Ok(StartupPacket::Cancel { pid: 7, key: vec![1, 2, 3, 4] })),
+            (
+                cancel,
+                Ok(StartupPacket::Cancel {
+                    pid: 7,
+                    key: vec![1, 2, 3, 4],
+                }),
+            ),
             (
                 startup,
                 Ok(StartupPacket::Startup {
                     minor: 0,
-                    params: vec![("database".into(), "db".into()), ("user".into(), "app2".into())],
+                    params: vec![
+                        ("database".into(), "db".into()),
+                        ("user".into(), "app2".into()),
+                    ],
                 }),
             ),
-            (code(0x0002_0000), Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 })),
-            (vec![1, 2], Err(StartupError::Malformed("missing request code"))),
-            ([code(196608), b"user\0app".to_vec()].concat(), Err(StartupError::Malformed("parameter value not terminated"))),
-            ([code(196608), b"user\0app\0".to_vec()].concat(), Err(StartupError::Malformed("parameter name not terminated"))),
-            ([code(196608), b"\0junk".to_vec()].concat(), Err(StartupError::Malformed("bytes after the final terminator"))),
-            ([code(CANCEL_REQUEST), vec![0, 0, 0, 1, 9]].concat(), Err(StartupError::BadCancelKey(1))),
-            ([code(196608), b"us\xffer\0x\0\0".to_vec()].concat(), Err(StartupError::Malformed("parameter name is not UTF-8"))),
+            (
+                code(0x0002_0000),
+                Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 }),
+            ),
+            (
+                vec![1, 2],
+                Err(StartupError::Malformed("missing request code")),
+            ),
+            (
+                [code(196608), b"user\0app".to_vec()].concat(),
+                Err(StartupError::Malformed("parameter value not terminated")),
+            ),
+            (
+                [code(196608), b"user\0app\0".to_vec()].concat(),
+                Err(StartupError::Malformed("parameter name not terminated")),
+            ),
+            (
+                [code(196608), b"\0junk".to_vec()].concat(),
+                Err(StartupError::Malformed("bytes after the final terminator")),
+            ),
+            (
+                [code(CANCEL_REQUEST), vec![0, 0, 0, 1, 9]].concat(),
+                Err(StartupError::BadCancelKey(1)),
+            ),
+            (
+                [code(196608), b"us\xffer\0x\0\0".to_vec()].concat(),
+                Err(StartupError::Malformed("parameter name is not UTF-8")),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(parse(&input), want, "{input:?}");
@@ -155,6 +195,9 @@ mod tests {
     #[test]
     fn protocol_3_2_is_recognised_as_minor_2() {
         let body = [code(0x0003_0002), b"user\0u\0\0".to_vec()].concat();
-        assert!(matches!(parse(&body), Ok(StartupPacket::Startup { minor: 2, .. })));
+        assert!(matches!(
+            parse(&body),
+            Ok(StartupPacket::Startup { minor: 2, .. })
+        ));
     }
 }

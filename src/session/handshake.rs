@@ -48,7 +48,9 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
     let (minor, mut params) = loop {
         let packet = match io.read_startup().await {
             Ok(p) => p,
-            Err(WireError::Startup(e)) => return Outcome::Refused(io, protocol_violation(e.to_string())),
+            Err(WireError::Startup(e)) => {
+                return Outcome::Refused(io, protocol_violation(e.to_string()))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "client left during startup");
                 return Outcome::Closed;
@@ -56,11 +58,17 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         };
         match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest if io.io.is_tls() => {
-                return Outcome::Refused(io, protocol_violation("encryption was already negotiated"));
+                return Outcome::Refused(
+                    io,
+                    protocol_violation("encryption was already negotiated"),
+                );
             }
             // Anything sent after the request but before our answer would bypass encryption.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest if !io.rbuf.is_empty() => {
-                return Outcome::Refused(io, protocol_violation("received unencrypted data after an encryption request"));
+                return Outcome::Refused(
+                    io,
+                    protocol_violation("received unencrypted data after an encryption request"),
+                );
             }
             StartupPacket::SslRequest => match &shared.client_tls {
                 Some(tls) => match start_tls(io, &tls.acceptor).await {
@@ -89,7 +97,11 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
     };
 
     // We speak 3.0; tell newer clients so, and decline protocol extensions.
-    let unsupported: Vec<String> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+    let unsupported: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
     if minor > 0 || !unsupported.is_empty() {
         let names: Vec<&str> = unsupported.iter().map(String::as_str).collect();
         encode::negotiate_protocol_version(&mut io.wbuf, &names);
@@ -102,15 +114,30 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
             return Outcome::Refused(io, e);
         }
     }
-    if params.iter().any(|(k, v)| k == "replication" && !matches!(v.as_str(), "false" | "off" | "no" | "0")) {
-        let e = ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported through pgmeridian")
-            .with_hint("connect replication clients to the primary directly");
+    if params
+        .iter()
+        .any(|(k, v)| k == "replication" && !matches!(v.as_str(), "false" | "off" | "no" | "0"))
+    {
+        let e = ClientError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported through pgmeridian",
+        )
+        .with_hint("connect replication clients to the primary directly");
         return Outcome::Refused(io, e);
     }
     let Some(user_name) = param(&params, "user").map(str::to_owned) else {
-        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"));
+        return Outcome::Refused(
+            io,
+            ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        );
     };
-    let database = param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(&user_name).to_owned();
+    let database = param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user_name)
+        .to_owned();
 
     let topology = shared.topology.load_full();
     let user = topology.users.get(&user_name).cloned();
@@ -127,26 +154,44 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         }
     }
     let Some(user) = user else {
-        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user_name}\"")));
+        return Outcome::Refused(
+            io,
+            ClientError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user_name}\""),
+            ),
+        );
     };
     encode::auth(&mut io.wbuf, Authentication::Ok);
 
     let Some(cluster) = topology.clusters.get(&database).cloned() else {
-        return Outcome::Refused(io, ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist")).with_hint("pgmeridian serves the databases named under `clusters:` in its configuration"));
+        return Outcome::Refused(
+            io,
+            ClientError::fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{database}\" does not exist"),
+            )
+            .with_hint(
+                "pgmeridian serves the databases named under `clusters:` in its configuration",
+            ),
+        );
     };
     tracing::Span::current().record("cluster", cluster.name.as_str());
 
-    let decision = route::decide(&RouteInput { txn: TxnStatus::Idle });
+    let decision = route::decide(&RouteInput {
+        txn: TxnStatus::Idle,
+    });
     let node = match decision.target {
         route::Target::Primary => cluster.primary.clone(),
     };
-    let backend = match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "backend login failed");
-            return Outcome::Refused(io, e.to_client());
-        }
-    };
+    let backend =
+        match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend login failed");
+                return Outcome::Refused(io, e.to_client());
+            }
+        };
     let cancel = shared.cancels.register();
     cancel.set_target(CancelTarget {
         node: backend.node.clone(),
@@ -172,13 +217,18 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 async fn start_tls(mut io: MessageIo<Stream>, acceptor: &TlsAcceptor) -> Option<MessageIo<Stream>> {
     io.wbuf.extend_from_slice(b"S");
     io.flush().await.ok()?;
-    let Stream::Plain(tcp) = io.io else { return None };
+    let Stream::Plain(tcp) = io.io else {
+        return None;
+    };
     match acceptor.accept(tcp).await {
         Ok(tls) => Some(MessageIo::new(Stream::Tls(Box::new(tls.into())))),
         Err(e) => {

@@ -71,7 +71,12 @@ struct Relay<'s> {
 }
 
 pub async fn run(session: Established, shared: &Shared) -> End {
-    let Established { client, backend, cancel, .. } = session;
+    let Established {
+        client,
+        backend,
+        cancel,
+        ..
+    } = session;
     let limits = shared.topology.load().limits.clone();
     let (client_r, client_w) = tokio::io::split(client.io);
     let (br, bw) = tokio::io::split(backend.io.io);
@@ -196,16 +201,26 @@ impl Relay<'_> {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
                 Err(e @ FrameError::TooLarge { .. }) => {
-                    return Err(End::ClientError(ClientError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string())));
+                    return Err(End::ClientError(ClientError::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        e.to_string(),
+                    )));
                 }
-                Err(e) => return Err(End::ClientError(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))),
+                Err(e) => {
+                    return Err(End::ClientError(ClientError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    )))
+                }
             };
             match msg[0] {
                 tag::QUERY | tag::FUNCTION_CALL => {
                     self.batch.unsplit(msg);
                     self.forward_batch(true);
                 }
-                tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => self.batch.unsplit(msg),
+                tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
+                    self.batch.unsplit(msg)
+                }
                 tag::FLUSH => {
                     self.batch.unsplit(msg);
                     self.forward_batch(false);
@@ -309,9 +324,14 @@ impl Relay<'_> {
         if !self.backend.sent_fatal {
             ClientError::fatal(
                 sqlstate::CONNECTION_FAILURE,
-                format!("lost the connection to backend {}: {reason}", self.backend.node),
+                format!(
+                    "lost the connection to backend {}: {reason}",
+                    self.backend.node
+                ),
             )
-            .with_hint("the statement in progress may or may not have completed; reconnect and check")
+            .with_hint(
+                "the statement in progress may or may not have completed; reconnect and check",
+            )
             .encode(&mut self.to_client);
         }
         End::BackendGone(reason)
@@ -320,10 +340,16 @@ impl Relay<'_> {
     async fn close(&mut self, end: &End) {
         match end {
             End::ClientError(e) => e.encode(&mut self.to_client),
-            End::Shutdown => ClientError::fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because pgmeridian is shutting down")
-                .encode(&mut self.to_client),
-            End::IdleTimeout => ClientError::fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle-session timeout")
-                .encode(&mut self.to_client),
+            End::Shutdown => ClientError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection because pgmeridian is shutting down",
+            )
+            .encode(&mut self.to_client),
+            End::IdleTimeout => ClientError::fatal(
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout",
+            )
+            .encode(&mut self.to_client),
             End::ClientGone | End::ClientTerminated | End::BackendGone(_) => {}
         }
         let client = async {

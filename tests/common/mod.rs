@@ -22,8 +22,11 @@ pub struct TestCa {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
-    /// The CA written to a file, for `tls_ca:`.
-    pub ca_file: std::path::PathBuf,
+}
+
+/// The test CA as a file (inside the cluster directory, removed with it), for `tls_ca:`.
+pub fn ca_file() -> std::path::PathBuf {
+    cluster().base.join("test-ca.pem")
 }
 
 pub fn test_ca() -> &'static TestCa {
@@ -31,19 +34,21 @@ pub fn test_ca() -> &'static TestCa {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "pgmeridian test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pgmeridian test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let ca_file = std::env::temp_dir().join(format!("pgmeridian-test-ca-{}.pem", std::process::id()));
+        let ca_file =
+            std::env::temp_dir().join(format!("pgmeridian-test-ca-{}.pem", std::process::id()));
         std::fs::write(&ca_file, ca.pem()).unwrap();
         TestCa {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
-            ca_file,
         }
     })
 }
@@ -63,13 +68,16 @@ pub fn cluster() -> &'static LocalCluster {
              CREATE ROLE pgm_trust LOGIN;"
         ))
         .unwrap_or_else(|e| fail(e));
-        c.sql("CREATE DATABASE app OWNER app").unwrap_or_else(|e| fail(e));
+        c.sql("CREATE DATABASE app OWNER app")
+            .unwrap_or_else(|e| fail(e));
         let ca = test_ca();
-        c.enable_ssl(&ca.cert_pem, &ca.key_pem).unwrap_or_else(|e| fail(e));
+        c.enable_ssl(&ca.cert_pem, &ca.key_pem)
+            .unwrap_or_else(|e| fail(e));
         c.primary
             .psql("app", "GRANT ALL ON SCHEMA public TO pgm_md5, pgm_trust")
             .unwrap_or_else(|e| fail(e));
-        c.add_replica("replica0", &ReplicaOptions::default()).unwrap_or_else(|e| fail(e));
+        c.add_replica("replica0", &ReplicaOptions::default())
+            .unwrap_or_else(|e| fail(e));
         c
     })
 }
@@ -84,7 +92,12 @@ pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> S
     let replicas: String = c
         .replicas
         .iter()
-        .map(|r| format!("      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable }}\n", r.port))
+        .map(|r| {
+            format!(
+                "      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable }}\n",
+                r.port
+            )
+        })
         .collect();
     format!(
         "listen: 127.0.0.1:0
@@ -107,26 +120,40 @@ clusters:
 
 pub fn config(c: &LocalCluster, extra: &str) -> Config {
     let yaml = config_yaml(c, extra);
-    Config::from_yaml(&yaml, &|_| None).unwrap_or_else(|ps| panic!("test config invalid: {ps:?}\n{yaml}"))
+    Config::from_yaml(&yaml, &|_| None)
+        .unwrap_or_else(|ps| panic!("test config invalid: {ps:?}\n{yaml}"))
 }
 
 /// Starts an in-process proxy in front of the shared cluster.
 pub async fn proxy(extra: &str) -> Proxy {
     let c = cluster();
-    Proxy::start(&config(c, extra)).await.unwrap_or_else(|ps| panic!("proxy did not start: {ps:?}"))
+    Proxy::start(&config(c, extra))
+        .await
+        .unwrap_or_else(|ps| panic!("proxy did not start: {ps:?}"))
 }
 
 pub fn conn_string(addr: SocketAddr, user: &str, password: &str, db: &str) -> String {
-    format!("host={} port={} user={user} password={password} dbname={db} sslmode=disable", addr.ip(), addr.port())
+    format!(
+        "host={} port={} user={user} password={password} dbname={db} sslmode=disable",
+        addr.ip(),
+        addr.port()
+    )
 }
 
 /// A tokio-postgres client through the proxy as `app`.
 pub async fn connect(addr: SocketAddr) -> Client {
-    connect_as(addr, "app", APP_PASSWORD).await.expect("connect through the proxy")
+    connect_as(addr, "app", APP_PASSWORD)
+        .await
+        .expect("connect through the proxy")
 }
 
-pub async fn connect_as(addr: SocketAddr, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(&conn_string(addr, user, password, "app"), NoTls).await?;
+pub async fn connect_as(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) =
+        tokio_postgres::connect(&conn_string(addr, user, password, "app"), NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -137,7 +164,10 @@ pub async fn connect_as(addr: SocketAddr, user: &str, password: &str) -> Result<
 pub async fn superuser(db: &str) -> Client {
     let c = cluster();
     let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname={db}", c.primary.port),
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            c.primary.port
+        ),
         NoTls,
     )
     .await
@@ -151,4 +181,12 @@ pub async fn superuser(db: &str) -> Client {
 /// A table name unique to the calling test.
 pub fn table(name: &str) -> String {
     format!("t_{name}_{}", std::process::id())
+}
+
+/// The error of a connection attempt that must fail.
+pub fn refused<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
+    match result {
+        Ok(_) => panic!("{what}: the connection was accepted"),
+        Err(e) => e,
+    }
 }
