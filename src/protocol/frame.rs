@@ -151,3 +151,179 @@ mod tests {
         assert_eq!(read_cstr(b"no terminator"), None);
     }
 }
+
+/// What to do with the front of a server→client byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Forward this many bytes untouched (whole or partial messages nobody needs to read).
+    Forward(usize),
+    /// A whole message the caller wants to read is at the front; it is `Header::total_len` long.
+    Inspect(Header),
+    /// Nothing can be done until more bytes arrive; at least this many are needed in total.
+    NeedMore(usize),
+}
+
+/// Walks a byte stream message by message without buffering messages it does not inspect:
+/// their bytes are forwarded as they arrive, so a 1 GB row never has to fit in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Scanner {
+    /// Bytes of the current uninspected message still to come.
+    passthrough: usize,
+    inspect: fn(u8) -> bool,
+    /// Inspected-type messages larger than this are forwarded uninspected instead.
+    inspect_limit: usize,
+}
+
+impl Scanner {
+    pub fn new(inspect: fn(u8) -> bool, inspect_limit: usize) -> Scanner {
+        Scanner {
+            passthrough: 0,
+            inspect,
+            inspect_limit,
+        }
+    }
+
+    /// True between messages (no uninspected message is half forwarded).
+    pub fn at_boundary(&self) -> bool {
+        self.passthrough == 0
+    }
+
+    /// Decides about the front of `buf`. After `Forward(n)` or `Inspect(h)` the caller removes
+    /// those bytes (`n`, or `h.total_len`) from the front before calling again.
+    pub fn step(&mut self, buf: &[u8]) -> Result<Step, FrameError> {
+        let mut pos = 0;
+        loop {
+            if self.passthrough > 0 {
+                let n = self.passthrough.min(buf.len() - pos);
+                pos += n;
+                self.passthrough -= n;
+                if self.passthrough > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(header) = peek_header(&buf[pos..])? else {
+                if pos == 0 {
+                    return Ok(Step::NeedMore(HEADER_LEN));
+                }
+                break;
+            };
+            if (self.inspect)(header.tag) && header.total_len <= self.inspect_limit {
+                if pos > 0 {
+                    break;
+                }
+                if buf.len() < header.total_len {
+                    return Ok(Step::NeedMore(header.total_len));
+                }
+                return Ok(Step::Inspect(header));
+            }
+            self.passthrough = header.total_len;
+        }
+        if pos == 0 {
+            // Mid-way through an uninspected message, with none of its bytes here yet.
+            return Ok(Step::NeedMore(1));
+        }
+        Ok(Step::Forward(pos))
+    }
+}
+
+#[cfg(test)]
+mod scanner_tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn is_z(tag: u8) -> bool {
+        tag == b'Z'
+    }
+
+    /// Feeds `stream` in chunks of `chunk` bytes; returns what was forwarded and the
+    /// inspected messages, in order, as the relay would see them.
+    fn run(stream: &[u8], chunk: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut scanner = Scanner::new(is_z, 64);
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut forwarded, mut inspected) = (Vec::new(), Vec::new());
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            loop {
+                match scanner.step(&buf).unwrap() {
+                    Step::Forward(n) => {
+                        forwarded.extend(buf.drain(..n));
+                    }
+                    Step::Inspect(h) => {
+                        let m: Vec<u8> = buf.drain(..h.total_len).collect();
+                        forwarded.extend_from_slice(&m);
+                        inspected.push(m);
+                    }
+                    Step::NeedMore(_) => break,
+                }
+            }
+        }
+        assert!(
+            buf.is_empty() && scanner.at_boundary(),
+            "stream fully consumed"
+        );
+        (forwarded, inspected)
+    }
+
+    #[test]
+    fn forwards_everything_in_order_and_stops_only_at_inspected_messages() {
+        let big_row = msg(b'D', &[7u8; 300]); // larger than the inspect limit, never buffered
+        let big_z = msg(b'Z', &[b'I'; 100]); // an inspected type, but too big: forwarded as is
+        let stream = [
+            msg(b'T', b"rowdesc"),
+            msg(b'D', b"r1"),
+            big_row.clone(),
+            msg(b'C', b"SELECT 2\0"),
+            msg(b'Z', b"I"),
+            big_z,
+            msg(b'Z', b"T"),
+        ]
+        .concat();
+        for chunk in [1, 2, 3, 5, 7, 64, 1000] {
+            let (forwarded, inspected) = run(&stream, chunk);
+            assert_eq!(forwarded, stream, "chunk {chunk}");
+            assert_eq!(
+                inspected,
+                vec![msg(b'Z', b"I"), msg(b'Z', b"T")],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn coalesces_runs_of_uninspected_messages() {
+        let stream = [msg(b'D', b"a"), msg(b'D', b"b"), msg(b'Z', b"I")].concat();
+        let mut s = Scanner::new(is_z, 64);
+        assert_eq!(s.step(&stream).unwrap(), Step::Forward(12));
+        assert_eq!(
+            s.step(&stream[12..]).unwrap(),
+            Step::Inspect(Header {
+                tag: b'Z',
+                total_len: 6
+            })
+        );
+        assert_eq!(s.step(&stream[12..15]).unwrap(), Step::NeedMore(HEADER_LEN));
+        assert_eq!(s.step(&stream[12..17]).unwrap(), Step::NeedMore(6));
+        assert_eq!(s.step(&[]).unwrap(), Step::NeedMore(HEADER_LEN));
+        // Mid-way through a long row with no new bytes: no progress is not "forward 0".
+        let mut s = Scanner::new(is_z, 64);
+        assert_eq!(
+            s.step(&msg(b'D', &[0; 100])[..10]).unwrap(),
+            Step::Forward(10)
+        );
+        assert_eq!(s.step(&[]).unwrap(), Step::NeedMore(1));
+        assert!(!s.at_boundary());
+    }
+
+    #[test]
+    fn bad_length_is_an_error() {
+        let mut s = Scanner::new(is_z, 64);
+        assert!(s.step(b"D\0\0\0\x01").is_err());
+    }
+}

@@ -13,7 +13,7 @@ use super::handshake::Established;
 use crate::app::Shared;
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{ErrorFields, TxnStatus};
-use crate::protocol::frame::{self, FrameError};
+use crate::protocol::frame::{self, FrameError, Scanner, Step};
 use crate::protocol::tag::{self, backend as btag};
 use crate::route::{self, RouteInput, Target};
 use crate::stream::Stream;
@@ -28,6 +28,11 @@ const BATCH_FORWARD_BYTES: usize = 64 * 1024;
 const INSPECT_LIMIT: usize = 1 << 20;
 /// How long a closing session may spend flushing its last bytes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The backend messages the relay reads: transaction status and errors.
+fn inspected_backend_message(tag: u8) -> bool {
+    matches!(tag, btag::READY_FOR_QUERY | btag::ERROR_RESPONSE)
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -48,8 +53,8 @@ struct BackendSide {
     w: WriteHalf<Stream>,
     inbuf: BytesMut,
     outbuf: BytesMut,
-    /// Bytes of the current backend message still to pass through without inspection.
-    passthrough: usize,
+    /// Finds message boundaries in `inbuf`; stops at ReadyForQuery and ErrorResponse.
+    scan: Scanner,
     /// ReadyForQuery messages still owed for forwarded Query/Sync/FunctionCall messages.
     awaiting_ready: u32,
     /// The last ErrorResponse seen was FATAL: the backend is about to close, and said why.
@@ -92,7 +97,7 @@ pub async fn run(session: Established, shared: &Shared) -> End {
             w: bw,
             inbuf: backend.io.rbuf,
             outbuf: BytesMut::with_capacity(READ_CHUNK),
-            passthrough: 0,
+            scan: Scanner::new(inspected_backend_message, INSPECT_LIMIT),
             awaiting_ready: 0,
             sent_fatal: false,
         },
@@ -192,7 +197,7 @@ impl Relay<'_> {
             && self.backend.awaiting_ready == 0
             && self.batch.is_empty()
             && self.backend.outbuf.is_empty()
-            && self.backend.passthrough == 0
+            && self.backend.scan.at_boundary()
     }
 
     fn on_client_bytes(&mut self) -> Result<(), End> {
@@ -269,53 +274,42 @@ impl Relay<'_> {
     fn on_backend_bytes(&mut self) -> Result<(), End> {
         let b = &mut self.backend;
         loop {
-            if b.passthrough > 0 {
-                let n = b.passthrough.min(b.inbuf.len());
-                if n == 0 {
-                    break;
-                }
-                if self.to_client.is_empty() && n == b.inbuf.len() {
-                    // Bulk rows: hand the whole buffer over instead of copying it.
-                    std::mem::swap(&mut self.to_client, &mut b.inbuf);
-                } else {
-                    self.to_client.extend_from_slice(&b.inbuf[..n]);
-                    b.inbuf.advance(n);
-                }
-                b.passthrough -= n;
-                continue;
-            }
-            let header = match frame::peek_header(&b.inbuf) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
+            let step = match b.scan.step(&b.inbuf) {
+                Ok(step) => step,
                 Err(e) => {
                     let reason = format!("invalid data from backend: {e}");
                     return Err(self.backend_gone(reason));
                 }
             };
-            let inspect = matches!(header.tag, btag::READY_FOR_QUERY | btag::ERROR_RESPONSE);
-            if !inspect || header.total_len > INSPECT_LIMIT {
-                b.passthrough = header.total_len;
-                continue;
-            }
-            if b.inbuf.len() < header.total_len {
-                b.inbuf.reserve(header.total_len - b.inbuf.len());
-                break;
-            }
-            let msg = &b.inbuf[..header.total_len];
-            let body = frame::body(msg);
-            match header.tag {
-                btag::READY_FOR_QUERY => {
-                    if let Some(status) = TxnStatus::from_ready_body(body) {
-                        self.txn = status;
-                    }
-                    b.awaiting_ready = b.awaiting_ready.saturating_sub(1);
+            match step {
+                Step::Forward(n) if self.to_client.is_empty() && n == b.inbuf.len() => {
+                    // Bulk rows: hand the whole buffer over instead of copying it.
+                    std::mem::swap(&mut self.to_client, &mut b.inbuf);
                 }
-                _ => b.sent_fatal = ErrorFields::parse(body).is_some_and(|f| f.is_fatal()),
+                Step::Forward(n) => {
+                    self.to_client.extend_from_slice(&b.inbuf[..n]);
+                    b.inbuf.advance(n);
+                }
+                Step::Inspect(header) => {
+                    let msg = &b.inbuf[..header.total_len];
+                    let body = frame::body(msg);
+                    if header.tag == btag::READY_FOR_QUERY {
+                        if let Some(status) = TxnStatus::from_ready_body(body) {
+                            self.txn = status;
+                        }
+                        b.awaiting_ready = b.awaiting_ready.saturating_sub(1);
+                    } else {
+                        b.sent_fatal = ErrorFields::parse(body).is_some_and(|f| f.is_fatal());
+                    }
+                    self.to_client.extend_from_slice(msg);
+                    b.inbuf.advance(header.total_len);
+                }
+                Step::NeedMore(total) => {
+                    b.inbuf.reserve(total.saturating_sub(b.inbuf.len()));
+                    return Ok(());
+                }
             }
-            self.to_client.extend_from_slice(msg);
-            b.inbuf.advance(header.total_len);
         }
-        Ok(())
     }
 
     /// The backend connection ended. Unless the server already said why (a FATAL error, such

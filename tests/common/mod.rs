@@ -42,9 +42,6 @@ pub fn test_ca() -> &'static TestCa {
         let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let ca_file =
-            std::env::temp_dir().join(format!("pgmeridian-test-ca-{}.pem", std::process::id()));
-        std::fs::write(&ca_file, ca.pem()).unwrap();
         TestCa {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
@@ -73,6 +70,8 @@ pub fn cluster() -> &'static LocalCluster {
         let ca = test_ca();
         c.enable_ssl(&ca.cert_pem, &ca.key_pem)
             .unwrap_or_else(|e| fail(e));
+        std::fs::write(c.base.join("test-ca.pem"), &ca.ca_pem)
+            .unwrap_or_else(|e| fail(e.to_string()));
         c.primary
             .psql("app", "GRANT ALL ON SCHEMA public TO pgm_md5, pgm_trust")
             .unwrap_or_else(|e| fail(e));

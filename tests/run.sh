@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench) is there,
+# installing it with apt-get when missing and we are root, then checks formatting and lints and
+# runs every test against real servers. A test that needs PostgreSQL fails if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_pg() {
+  if [ -n "${PGMERIDIAN_PG_BIN:-}" ]; then
+    [ -x "$PGMERIDIAN_PG_BIN/initdb" ] && [ -x "$PGMERIDIAN_PG_BIN/pgbench" ] && [ -x "$PGMERIDIAN_PG_BIN/psql" ]
+  else
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && compgen -G "/usr/lib/postgresql/*/bin/pgbench" >/dev/null
+  fi
+}
+
+if ! have_pg; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tests/run.sh: PostgreSQL server binaries not found; installing the postgresql package"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+  else
+    echo "tests/run.sh: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin." >&2
+    echo "Install them (Debian/Ubuntu: sudo apt-get install postgresql) or set PGMERIDIAN_PG_BIN." >&2
+    exit 1
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
