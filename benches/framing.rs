@@ -47,7 +47,9 @@ fn bench(c: &mut Criterion) {
     let rows = result_stream(1000);
     let mut g = c.benchmark_group("backend_scan");
     g.throughput(Throughput::Elements(1003));
-    g.bench_function("1000_rows_one_buffer", |b| b.iter(|| scan_all(std::hint::black_box(&rows))));
+    g.bench_function("1000_rows_one_buffer", |b| {
+        b.iter(|| scan_all(std::hint::black_box(&rows)))
+    });
     // The same stream arriving in 16 kB socket reads.
     g.bench_function("1000_rows_16k_chunks", |b| {
         b.iter(|| {
