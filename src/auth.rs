@@ -224,6 +224,13 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn sasl_initial_response_parser_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = parse_sasl_initial(&body);
+        }
+    }
+
     #[test]
     fn constant_time_comparison() {
         assert!(constant_time_eq(b"md5abc", b"md5abc"));

@@ -38,3 +38,6 @@ pub mod tag {
         pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -487,3 +487,63 @@ async fn backend_tls_modes() {
     let msg = err.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("TLS handshake failed"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_reach_the_backend_and_parameter_status_comes_back() {
+    let proxy = proxy("").await;
+    let conn = format!(
+        "{} application_name=pgm-app options='-c search_path=pg_catalog -c statement_timeout=1234'",
+        conn_string(proxy.addr, "app", APP_PASSWORD, "app")
+    );
+    let (client, c) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(c);
+    let row = client
+        .query_one(
+            "select current_setting('application_name'), current_setting('search_path'), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        got,
+        ("pgm-app".into(), "pg_catalog".into(), "1234ms".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_and_silent_backends_fail_with_08006() {
+    let c = cluster();
+    // Nothing listens on this port.
+    let closed = pgmeridian::localpg::free_port().unwrap();
+    // This one accepts TCP but never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for (port, expect) in [
+        (closed, "could not connect to app/primary"),
+        (silent_port, "timed out connecting to app/primary"),
+    ] {
+        let yaml = config_yaml(c, "limits: { connect_timeout: 500ms }\n").replacen(
+            &format!("port: {}, region: us-east", c.primary.port),
+            &format!("port: {port}, region: us-east"),
+            1,
+        );
+        let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+        let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+        let started = Instant::now();
+        let err = refused(
+            connect_as(proxy.addr, "app", APP_PASSWORD).await,
+            "backend unavailable",
+        );
+        assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
+        let msg = err.as_db_error().unwrap().message().to_owned();
+        assert!(msg.contains(expect), "{msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by connect_timeout, took {:?}",
+            started.elapsed()
+        );
+        proxy.shutdown().await;
+    }
+    drop(silent);
+}
