@@ -15,12 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, Problem};
+use crate::health::Health;
 use crate::topology::Topology;
 use crate::{server, tls};
 
 /// State every session reads; the topology is swapped whole on reload.
 pub struct Shared {
     pub topology: ArcSwap<Topology>,
+    /// Observed state of every node, from the probes.
+    pub health: ArcSwap<Health>,
     pub client_tls: Option<ClientTls>,
     /// SCRAM without channel binding, for clients on plain TCP.
     pub scram_plain: ScramServerAuth,
@@ -70,6 +73,7 @@ impl Shared {
         };
         Ok(Shared {
             topology: ArcSwap::from_pointee(topology),
+            health: ArcSwap::from_pointee(Health::default()),
             client_tls,
             scram_plain: scram(),
             cancels: Arc::new(CancelRegistry::default()),
@@ -100,6 +104,7 @@ impl Proxy {
         let addr = listener
             .local_addr()
             .map_err(|e| vec![Problem::new("listen", e.to_string())])?;
+        crate::health::probe::spawn_all(&shared);
         let task = tokio::spawn(server::run(listener, shared.clone()));
         Ok(Proxy { addr, shared, task })
     }

@@ -35,6 +35,13 @@ pub struct BackendConn {
     pub params: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl BackendConn {
+    /// Sends `request` and collects the answer through ReadyForQuery.
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Vec<BytesMut>, WireError> {
+        self.io.exchange(request).await
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("could not connect to {node}: {reason}")]

@@ -124,6 +124,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 5432,
             region: "r".into(),
+            location: crate::config::Region { lat: 0.0, lon: 0.0 },
             database: "app".into(),
             tls: BackendTlsSpec::Disable,
         })

@@ -59,6 +59,97 @@ pub struct Config {
     pub clusters: BTreeMap<String, Cluster>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub routing: Routing,
+    #[serde(default)]
+    pub health: Health,
+}
+
+/// How statements are spread over the primary and replicas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routing {
+    pub read_your_writes: ReadYourWrites,
+    pub window: Window,
+    /// Replicas further behind than this serve no reads.
+    #[serde(with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    pub no_eligible_replica: NoEligibleReplica,
+    /// Functions (`name` or `schema.name`) whose call makes a statement a write.
+    pub write_functions: Vec<String>,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing {
+            read_your_writes: ReadYourWrites::Lsn,
+            window: Window::default(),
+            max_replica_lag: Duration::from_secs(10),
+            no_eligible_replica: NoEligibleReplica::Primary,
+            write_functions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadYourWrites {
+    /// Reads after a write go only to replicas that replayed the primary's WAL up to it.
+    Lsn,
+    /// Reads after a write stay on the primary for a window sized by measured lag.
+    Window,
+    /// No read-your-writes guarantee; reads are stale up to `max_replica_lag`.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Window {
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    pub lag_factor: f64,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            min: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            lag_factor: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoEligibleReplica {
+    Primary,
+    Error,
+}
+
+/// How nodes are probed for role, WAL position and lag.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Time between probes of each node (also how often the primary's WAL position is sampled).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The configured user the probes log in as; default: the first of `users`.
+    pub user: Option<String>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(2),
+            user: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]

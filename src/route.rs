@@ -1,81 +1,271 @@
-//! The routing decision, pure: which node serves the next batch of a session, and why.
+//! The routing decision, pure: from a batch's statement class, the session's routing state, the
+//! cluster's desired and observed state and the time, which node serves the batch and why.
 //! No sockets, clocks or randomness here; the session relays to whatever this returns.
-//!
-//! Until statement classification lands, every batch goes to the primary; the inputs below are
-//! the ones that exist today, and the shape (input struct in, target + reason out) is the
-//! contract the read/write router extends.
 
+use std::time::{Duration, Instant};
+
+use crate::classify::{Class, Hint};
+use crate::config::{NoEligibleReplica, Region, Routing};
+use crate::health::{ClusterHealth, NodeHealth};
 use crate::protocol::backend::TxnStatus;
+use crate::topology::ClusterSpec;
 
 /// Where a batch goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Primary,
+    /// Index into the cluster's configured replicas.
+    Replica(usize),
 }
 
-/// Why it goes there; becomes a metric label, so the set is closed.
+/// Why it goes there; a metric label, so the set is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The proxy does not split reads yet: everything is served by the primary.
-    PrimaryOnly,
-    /// The session is inside a transaction block, which never changes backend.
+    /// Not provably read-only (writes, DDL, unknown statements, read-write transactions).
+    Write,
+    /// A read served by the best eligible replica.
+    ReadNearest,
+    /// A read kept on the primary because no replica has replayed this session's last write.
+    PinnedAfterWrite,
+    /// Inside a transaction block, which never changes backend.
     InTransaction,
+    /// A routing hint (comment or `SET pgmeridian.route`) chose the target.
+    Hint,
+    /// A read on the primary because every replica is beyond `max_replica_lag`.
+    LagExcluded,
+    /// A read on the primary because no replica is configured, up and in recovery.
+    NoReplicaFallback,
+    /// The session used a feature that cannot move (temp table, LISTEN, …): primary for life.
+    StickySessionFeature,
 }
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::PrimaryOnly => "primary_only",
+            Reason::Write => "write",
+            Reason::ReadNearest => "read_nearest",
+            Reason::PinnedAfterWrite => "pinned_after_write",
             Reason::InTransaction => "in_transaction",
+            Reason::Hint => "hint",
+            Reason::LagExcluded => "lag_excluded",
+            Reason::NoReplicaFallback => "no_replica_fallback",
+            Reason::StickySessionFeature => "sticky_session_feature",
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub target: Target,
-    pub reason: Reason,
+pub enum Decision {
+    Route {
+        target: Target,
+        reason: Reason,
+    },
+    /// `no_eligible_replica: error` and no replica qualifies for a read.
+    Refuse(Reason),
 }
 
-/// What the decision is made from.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteInput {
-    /// Transaction status from the last ReadyForQuery.
-    pub txn: TxnStatus,
+/// What a session's next reads must wait for, after its own last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Requirement {
+    #[default]
+    None,
+    /// A write committed at this instant; no primary WAL sample taken after it is known yet.
+    AwaitingSample(Instant),
+    /// Replicas must have replayed at least this primary WAL position.
+    Lsn(u64),
+    /// `window` mode: reads stay on the primary until this instant.
+    Until(Instant),
 }
 
-pub fn decide(input: &RouteInput) -> Decision {
-    let reason = match input.txn {
-        TxnStatus::InTransaction | TxnStatus::Failed => Reason::InTransaction,
-        TxnStatus::Idle => Reason::PrimaryOnly,
-    };
-    Decision {
-        target: Target::Primary,
-        reason,
+impl Requirement {
+    /// Replaces "awaiting a sample" by the first primary WAL position sampled after the write
+    /// committed (`samples`: oldest first): that position is at or after the commit, and the
+    /// earliest such one is the least a replica must have replayed.
+    pub fn resolve(self, samples: &[(Instant, u64)]) -> Requirement {
+        match self {
+            Requirement::AwaitingSample(committed) => samples
+                .iter()
+                .find(|&&(at, _)| at > committed)
+                .map_or(self, |&(_, lsn)| Requirement::Lsn(lsn)),
+            other => other,
+        }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decision_table() {
-        let cases = [
-            (TxnStatus::Idle, Target::Primary, Reason::PrimaryOnly),
-            (
-                TxnStatus::InTransaction,
-                Target::Primary,
-                Reason::InTransaction,
-            ),
-            (TxnStatus::Failed, Target::Primary, Reason::InTransaction),
-        ];
-        for (txn, target, reason) in cases {
-            assert_eq!(
-                decide(&RouteInput { txn }),
-                Decision { target, reason },
-                "{txn:?}"
-            );
+    fn satisfied_by(self, replica: &NodeHealth, now: Instant) -> bool {
+        match self {
+            Requirement::None => true,
+            Requirement::AwaitingSample(_) => false,
+            Requirement::Lsn(need) => replica.lsn.is_some_and(|l| l >= need),
+            Requirement::Until(t) => now >= t,
         }
     }
 }
+
+/// The routing-relevant part of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionRoute {
+    pub txn: TxnStatus,
+    /// Where the open transaction runs (set while `txn` is not Idle).
+    pub txn_target: Option<Target>,
+    /// A sticky feature was used: primary for the rest of the session.
+    pub pinned: bool,
+    /// `SET pgmeridian.route`; `Auto` routes by class.
+    pub route_override: Option<Hint>,
+    /// `default_transaction_read_only` is on for this session.
+    pub default_read_only: bool,
+    pub requirement: Requirement,
+}
+
+pub struct RouteInput<'a> {
+    pub class: &'a Class,
+    /// From a leading `/* pgmeridian:… */` comment.
+    pub hint: Option<Hint>,
+    pub session: &'a SessionRoute,
+    pub cluster: &'a ClusterSpec,
+    /// None until the first probe round has been published.
+    pub health: Option<&'a ClusterHealth>,
+    pub policy: &'a Routing,
+    /// Where reads are ranked from.
+    pub location: Region,
+    pub now: Instant,
+}
+
+const PRIMARY_FOR_WRITE: Decision = Decision::Route {
+    target: Target::Primary,
+    reason: Reason::Write,
+};
+
+pub fn decide(input: &RouteInput) -> Decision {
+    let s = input.session;
+    if s.txn != TxnStatus::Idle {
+        return Decision::Route {
+            target: s.txn_target.unwrap_or(Target::Primary),
+            reason: Reason::InTransaction,
+        };
+    }
+    if s.pinned || matches!(input.class, Class::Pin(_)) {
+        return Decision::Route {
+            target: Target::Primary,
+            reason: Reason::StickySessionFeature,
+        };
+    }
+    let hint = input.hint.or(s.route_override).filter(|h| *h != Hint::Auto);
+    match hint {
+        Some(Hint::Primary) => {
+            return Decision::Route {
+                target: Target::Primary,
+                reason: Reason::Hint,
+            }
+        }
+        Some(Hint::Replica) if is_movable(input.class) => {
+            // The client accepts staleness up to the lag budget, but not writes on a replica.
+            return match best_replica(input, Requirement::None) {
+                Ok(i) => Decision::Route {
+                    target: Target::Replica(i),
+                    reason: Reason::Hint,
+                },
+                Err(reason) => fallback(input, reason),
+            };
+        }
+        _ => {}
+    }
+    let read = match input.class {
+        Class::Read | Class::Empty => true,
+        Class::Begin { read_only } => read_only.unwrap_or(s.default_read_only),
+        _ => false,
+    };
+    if !read {
+        return PRIMARY_FOR_WRITE;
+    }
+    match best_replica(input, s.requirement) {
+        Ok(i) => Decision::Route {
+            target: Target::Replica(i),
+            reason: Reason::ReadNearest,
+        },
+        Err(reason) => fallback(input, reason),
+    }
+}
+
+/// Statements a replica can run at all (a hint never sends writes to a replica).
+fn is_movable(class: &Class) -> bool {
+    matches!(
+        class,
+        Class::Read
+            | Class::Empty
+            | Class::Begin {
+                read_only: Some(true)
+            }
+    )
+}
+
+fn fallback(input: &RouteInput, reason: Reason) -> Decision {
+    match (input.policy.no_eligible_replica, reason) {
+        // Waiting for our own write to replicate is normal: always the primary.
+        (_, Reason::PinnedAfterWrite) | (NoEligibleReplica::Primary, _) => Decision::Route {
+            target: Target::Primary,
+            reason,
+        },
+        (NoEligibleReplica::Error, _) => Decision::Refuse(reason),
+    }
+}
+
+/// The nearest replica that is up, within the lag budget and has what the session needs;
+/// otherwise why none qualified.
+fn best_replica(input: &RouteInput, need: Requirement) -> Result<usize, Reason> {
+    let Some(health) = input.health else {
+        return Err(Reason::NoReplicaFallback);
+    };
+    let max_lag = input.policy.max_replica_lag;
+    let mut saw_lagging = false;
+    let mut saw_behind_write = false;
+    let mut best: Option<(f64, usize)> = None;
+    for (i, (spec, h)) in input
+        .cluster
+        .replicas
+        .iter()
+        .zip(&health.replicas)
+        .enumerate()
+    {
+        if !(h.up && h.in_recovery == Some(true)) {
+            continue;
+        }
+        if !h.serves_reads(max_lag) {
+            saw_lagging = true;
+            continue;
+        }
+        if !need.satisfied_by(h, input.now) {
+            saw_behind_write = true;
+            continue;
+        }
+        let d = distance_km(input.location, spec.location);
+        if best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, i));
+        }
+    }
+    match best {
+        Some((_, i)) => Ok(i),
+        None if saw_behind_write => Err(Reason::PinnedAfterWrite),
+        None if saw_lagging => Err(Reason::LagExcluded),
+        None => Err(Reason::NoReplicaFallback),
+    }
+}
+
+/// Great-circle distance (haversine, mean Earth radius).
+pub fn distance_km(a: Region, b: Region) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0088;
+    let (la1, la2) = (a.lat.to_radians(), b.lat.to_radians());
+    let dlat = la2 - la1;
+    let dlon = (b.lon - a.lon).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// `window` mode: how long reads stay on the primary after a write.
+pub fn window_after_write(policy: &Routing, measured_lag: Duration) -> Duration {
+    let w = &policy.window;
+    let scaled = measured_lag.mul_f64(w.lag_factor.max(0.0));
+    scaled.clamp(w.min, w.max)
+}
+
+#[cfg(test)]
+mod tests;

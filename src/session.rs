@@ -1,6 +1,7 @@
 //! One client connection from accept to close: the startup phase (`handshake`), then the
 //! steady-state relay (`relay`). Owns the per-session tracing span.
 
+mod batch;
 mod handshake;
 mod relay;
 

@@ -9,14 +9,24 @@ use pgwire::api::auth::sasl::scram::{gen_salted_password, SCRAM_ITERATIONS};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use crate::config::{AuthMethod, BackendTls, Config, Limits, Node, Problem};
+use crate::classify::WriteFunctions;
+use crate::config::{
+    AuthMethod, BackendTls, Config, Health as HealthConfig, Limits, Node, Problem, Region, Routing,
+};
 use crate::tls;
 
 pub struct Topology {
     pub users: HashMap<String, Arc<UserSpec>>,
+    /// The same users in configuration order.
+    pub users_in_order: Vec<Arc<UserSpec>>,
     pub clusters: HashMap<String, Arc<ClusterSpec>>,
     pub limits: Limits,
+    pub routing: Routing,
+    pub write_functions: WriteFunctions,
+    pub health: HealthConfig,
     pub region: String,
+    /// Coordinates of `region`: the location reads are ranked from.
+    pub location: Region,
 }
 
 pub struct UserSpec {
@@ -47,6 +57,7 @@ pub struct NodeSpec {
     pub host: String,
     pub port: u16,
     pub region: String,
+    pub location: Region,
     /// Database name on the backend.
     pub database: String,
     pub tls: BackendTlsSpec,
@@ -77,7 +88,7 @@ impl Topology {
     /// Builds live state from a validated config; loads CA files (problems carry YAML paths).
     pub fn build(config: &Config) -> Result<Topology, Vec<Problem>> {
         let mut problems = Vec::new();
-        let users = config
+        let users_in_order: Vec<Arc<UserSpec>> = config
             .users
             .iter()
             .map(|u| {
@@ -90,9 +101,20 @@ impl Topology {
                     scram_salt: salt.to_vec(),
                     scram_salted_password: salted,
                 };
-                (u.name.clone(), Arc::new(spec))
+                Arc::new(spec)
             })
             .collect();
+        let users = users_in_order
+            .iter()
+            .map(|u| (u.name.clone(), u.clone()))
+            .collect();
+        let location_of = |region: &str| {
+            config
+                .regions
+                .get(region)
+                .copied()
+                .unwrap_or(Region { lat: 0.0, lon: 0.0 })
+        };
         let unverified = tls::unverified_client_config();
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
@@ -110,6 +132,7 @@ impl Topology {
                     host: n.host.clone(),
                     port: n.port,
                     region: n.region.clone(),
+                    location: location_of(&n.region),
                     database: n.database.clone().unwrap_or_else(|| name.clone()),
                     tls,
                 })
@@ -143,9 +166,14 @@ impl Topology {
         }
         Ok(Topology {
             users,
+            users_in_order,
             clusters,
             limits: config.limits.clone(),
+            routing: config.routing.clone(),
+            write_functions: WriteFunctions::new(&config.routing.write_functions),
+            health: config.health.clone(),
             region: config.region.clone(),
+            location: location_of(&config.region),
         })
     }
 }

@@ -21,6 +21,41 @@ pub enum WireError {
     Startup(#[from] StartupError),
 }
 
+/// Largest message accepted in answer to the proxy's own queries.
+const EXCHANGE_MESSAGE_LIMIT: usize = 16 << 20;
+
+/// [`MessageIo::exchange`] over a split stream (the relay keeps backends split).
+pub async fn exchange_split<R, W>(
+    r: &mut R,
+    w: &mut W,
+    rbuf: &mut BytesMut,
+    request: &[u8],
+) -> Result<Vec<BytesMut>, WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    w.write_all(request).await?;
+    w.flush().await?;
+    let mut out = Vec::new();
+    loop {
+        match frame::split_message(rbuf, EXCHANGE_MESSAGE_LIMIT)? {
+            Some(msg) => {
+                let done = msg[0] == b'Z';
+                out.push(msg);
+                if done {
+                    return Ok(out);
+                }
+            }
+            None => {
+                if r.read_buf(rbuf).await? == 0 {
+                    return Err(WireError::Eof);
+                }
+            }
+        }
+    }
+}
+
 /// A stream with a read buffer (bytes received, not yet consumed) and a write buffer.
 pub struct MessageIo<S> {
     pub io: S,
@@ -64,6 +99,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MessageIo<S> {
                 return Ok(msg);
             }
             self.fill().await?;
+        }
+    }
+
+    /// Sends `request` and returns every message up to and including the next ReadyForQuery
+    /// (for the proxy's own queries: probes, state replay).
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Vec<BytesMut>, WireError> {
+        self.io.write_all(request).await?;
+        self.io.flush().await?;
+        let mut out = Vec::new();
+        loop {
+            let msg = self.read_message(EXCHANGE_MESSAGE_LIMIT).await?;
+            let done = msg[0] == b'Z';
+            out.push(msg);
+            if done {
+                return Ok(out);
+            }
         }
     }
 

@@ -3,6 +3,9 @@
 
 mod common;
 
+/// One replica, replaying without delay.
+pub const REPLICA_DELAYS_MS: &[u64] = &[0];
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,9 +71,9 @@ async fn simple_multi_statement_and_parameterized_queries() {
         (row.get::<_, i32>(0), row.get::<_, String>(1)),
         (42, "hi!".to_owned())
     );
-    // The session really reaches the configured primary.
+    // The primary hint reaches the configured primary.
     let port: i32 = client
-        .query_one("select inet_server_port()", &[])
+        .query_one("/* pgmeridian:primary */ select inet_server_port()", &[])
         .await
         .unwrap()
         .get(0);
@@ -409,22 +412,65 @@ async fn auth_and_database_errors_have_their_sqlstates() {
     assert_eq!(db.severity(), "FATAL");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_termination_is_reported_and_the_proxy_carries_on() {
-    let proxy = proxy("").await;
-    let client = connect(proxy.addr).await;
-    let pid: i32 = client
-        .query_one("select pg_backend_pid()", &[])
+async fn primary_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("/* pgmeridian:primary */ select pg_backend_pid()", &[])
         .await
         .unwrap()
-        .get(0);
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_termination_of_an_idle_unpinned_session_is_transparent() {
+    let proxy = proxy("").await;
+    let client = connect(proxy.addr).await;
+    client
+        .batch_execute("set application_name = 'survivor'")
+        .await
+        .unwrap();
+    let pid = primary_pid(&client).await;
     let admin = superuser("postgres").await;
     admin
         .execute("select pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing of the session lived only in that backend: a new one takes over, with the
+    // session's settings replayed.
+    let row = client
+        .query_one(
+            "/* pgmeridian:primary */ select pg_backend_pid(), current_setting('application_name')",
+            &[],
+        )
+        .await
+        .expect("transparent reconnect");
+    let (new_pid, app): (i32, String) = (row.get(0), row.get(1));
+    assert_ne!(new_pid, pid);
+    assert_eq!(app, "survivor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_termination_of_a_pinned_session_is_reported_and_the_proxy_carries_on() {
+    let proxy = proxy("").await;
+    let client = connect(proxy.addr).await;
+    // A temp table lives only in that backend: losing it must not be hidden.
+    client
+        .batch_execute("create temp table mine (x int)")
+        .await
+        .unwrap();
+    let pid = primary_pid(&client).await;
+    let admin = superuser("postgres").await;
+    admin
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
     let err = loop {
-        match client.simple_query("select 1").await {
+        assert!(
+            Instant::now() < deadline,
+            "the terminated backend was never noticed"
+        );
+        match client.simple_query("select count(*) from mine").await {
             Err(e) => break e,
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -466,7 +512,7 @@ async fn backend_tls_modes() {
         let client = connect(proxy.addr).await;
         let ssl: bool = client
             .query_one(
-                "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+                "/* pgmeridian:primary */ select ssl from pg_stat_ssl where pid = pg_backend_pid()",
                 &[],
             )
             .await

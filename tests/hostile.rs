@@ -4,6 +4,9 @@
 
 mod common;
 
+/// One replica, replaying without delay.
+pub const REPLICA_DELAYS_MS: &[u64] = &[0];
+
 use std::time::Duration;
 
 use pgmeridian::protocol::backend::ErrorFields;

@@ -3,6 +3,9 @@
 
 mod common;
 
+/// One replica, replaying without delay.
+pub const REPLICA_DELAYS_MS: &[u64] = &[0];
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

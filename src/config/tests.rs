@@ -17,6 +17,8 @@ clusters:
     replicas:
       - { host: 127.0.0.1, port: 5433, region: eu-west, database: app_eu, tls: disable }
 limits: { startup_timeout: 3s, client_idle_timeout: 10m }
+routing: { read_your_writes: lsn, max_replica_lag: 10s, write_functions: [billing.bump_counter] }
+health: { interval: 50ms }
 "#;
 
 fn env(name: &str) -> Option<String> {

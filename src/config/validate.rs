@@ -105,6 +105,51 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    let r = &config.routing;
+    let w = &r.window;
+    if w.min > w.max {
+        p.push(Problem::new(
+            "routing.window.min",
+            "must not exceed routing.window.max",
+        ));
+    }
+    if !(w.lag_factor.is_finite() && w.lag_factor >= 0.0) {
+        p.push(Problem::new(
+            "routing.window.lag_factor",
+            "must be a non-negative number",
+        ));
+    }
+    if r.max_replica_lag.is_zero() {
+        p.push(Problem::new(
+            "routing.max_replica_lag",
+            "must be greater than 0s",
+        ));
+    }
+    for (i, f) in r.write_functions.iter().enumerate() {
+        let ok =
+            !f.is_empty() && f.split('.').count() <= 2 && f.split('.').all(|part| !part.is_empty());
+        if !ok {
+            p.push(Problem::new(
+                format!("routing.write_functions[{i}]"),
+                format!("{f:?} is not a function name or schema.name"),
+            ));
+        }
+    }
+    let h = &config.health;
+    if h.interval.is_zero() || h.timeout.is_zero() {
+        p.push(Problem::new(
+            "health",
+            "interval and timeout must be greater than 0s",
+        ));
+    }
+    if let Some(u) = &h.user {
+        if !config.users.iter().any(|x| &x.name == u) {
+            p.push(Problem::new(
+                "health.user",
+                format!("{u:?} is not one of `users`"),
+            ));
+        }
+    }
     p
 }
 

@@ -16,7 +16,6 @@ use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::TxnStatus;
 use crate::protocol::encode;
 use crate::protocol::startup::StartupPacket;
-use crate::route::{self, RouteInput};
 use crate::stream::Stream;
 use crate::topology::{ClusterSpec, UserSpec};
 use crate::wire::{MessageIo, WireError};
@@ -178,12 +177,9 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
     };
     tracing::Span::current().record("cluster", cluster.name.as_str());
 
-    let decision = route::decide(&RouteInput {
-        txn: TxnStatus::Idle,
-    });
-    let node = match decision.target {
-        route::Target::Primary => cluster.primary.clone(),
-    };
+    // The primary answers the login: its ParameterStatus values describe the session, and it
+    // proves the credentials work before the client is told so. Replicas are opened lazily.
+    let node = cluster.primary.clone();
     let backend =
         match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
             Ok(b) => b,

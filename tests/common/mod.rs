@@ -50,8 +50,9 @@ pub fn test_ca() -> &'static TestCa {
     })
 }
 
-/// The shared cluster for this test binary: a primary and one streaming replica,
-/// with roles `app` (SCRAM), `pgm_md5` (MD5) and `pgm_trust` (trust), and database `app`.
+/// The shared cluster for this test binary: a primary and one streaming replica per entry of
+/// the binary's `REPLICA_DELAYS_MS` (its `recovery_min_apply_delay`), with roles `app` (SCRAM),
+/// `pgm_md5` (MD5) and `pgm_trust` (trust), and database `app`.
 pub fn cluster() -> &'static LocalCluster {
     CLUSTER.get_or_init(|| {
         let fail = |e: String| -> ! {
@@ -75,8 +76,13 @@ pub fn cluster() -> &'static LocalCluster {
         c.primary
             .psql("app", "GRANT ALL ON SCHEMA public TO pgm_md5, pgm_trust")
             .unwrap_or_else(|e| fail(e));
-        c.add_replica("replica0", &ReplicaOptions::default())
-            .unwrap_or_else(|e| fail(e));
+        for (i, delay) in crate::REPLICA_DELAYS_MS.iter().enumerate() {
+            let opts = ReplicaOptions {
+                apply_delay_ms: *delay,
+            };
+            c.add_replica(&format!("replica{i}"), &opts)
+                .unwrap_or_else(|e| fail(e));
+        }
         c
     })
 }

@@ -1,0 +1,283 @@
+//! Owns SQL classification for read/write routing (types, `classify`, multi-statement combining); pure: no I/O, clocks or randomness.
+
+mod lexer;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use lexer::{Item, Kind, Lexer};
+
+/// Function names (lowercase) whose call makes a statement a write, besides the built-in list.
+#[derive(Debug, Clone, Default)]
+pub struct WriteFunctions {
+    /// User-configured names; the built-ins (in `rules`) are always included.
+    extra: Vec<UserFunction>,
+}
+
+#[derive(Debug, Clone)]
+struct UserFunction {
+    schema: Option<String>,
+    name: String,
+}
+
+impl WriteFunctions {
+    /// Built-ins plus `extra` (config `routing.write_functions`): "name" or "schema.name", any case.
+    pub fn new<I, S>(extra: I) -> WriteFunctions
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let clean = |s: &str| s.trim().trim_matches('"').to_ascii_lowercase();
+        let extra = extra
+            .into_iter()
+            .filter_map(|s| {
+                let s = s.as_ref().trim();
+                let (schema, name) = match s.rsplit_once('.') {
+                    Some((schema, name)) => (Some(clean(schema)), clean(name)),
+                    None => (None, clean(s)),
+                };
+                let schema = schema.filter(|s| !s.is_empty());
+                (!name.is_empty()).then_some(UserFunction { schema, name })
+            })
+            .collect();
+        WriteFunctions { extra }
+    }
+
+    /// What calling `schema.name(...)` does, if it is a known write function.
+    /// A schema-qualified configured name also matches an unqualified call
+    /// (the search path may resolve to it); built-ins match in any schema.
+    fn lookup(&self, schema: Option<&[u8]>, name: &[u8]) -> Option<rules::Effect> {
+        if let Some(effect) = rules::builtin_effect(name) {
+            return Some(effect);
+        }
+        let hit = self.extra.iter().any(|f| {
+            f.name.as_bytes().eq_ignore_ascii_case(name)
+                && match (&f.schema, schema) {
+                    (Some(want), Some(got)) => want.as_bytes().eq_ignore_ascii_case(got),
+                    _ => true,
+                }
+        });
+        hit.then_some(rules::Effect::Write)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Nothing to run: empty string, only comments / semicolons.
+    Empty,
+    /// Provably read-only; may run on a replica.
+    Read,
+    /// Writes data or has effects a replica cannot perform.
+    Write,
+    /// Not recognised. Routed like Write.
+    Unknown,
+    /// BEGIN / START TRANSACTION; `read_only` is Some(true) for READ ONLY, Some(false) for READ WRITE, None when unspecified.
+    Begin { read_only: Option<bool> },
+    /// COMMIT, END, ROLLBACK, ABORT (also with AND \[NO\] CHAIN). NOT `ROLLBACK TO [SAVEPOINT]`, NOT COMMIT/ROLLBACK PREPARED.
+    End,
+    /// SET TRANSACTION ...; read_only as for Begin.
+    SetTransaction { read_only: Option<bool> },
+    /// A session-level setting change that the proxy will replay on other backends.
+    Session(Setting),
+    /// A session feature that cannot move between backends: the session stays on the primary for life.
+    Pin(PinReason),
+    /// `SET pgmeridian.route = primary|replica|auto` (also `TO`, quoted values, any case).
+    RouteHint(Hint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// `name` lowercase canonical; `value` the trimmed raw text after TO / = (e.g. "'UTC'", "public, app", "on", "default").
+    Set {
+        name: String,
+        value: String,
+    },
+    Reset {
+        name: String,
+    },
+    ResetAll,
+    /// DISCARD ALL.
+    DiscardAll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinReason {
+    TempTable,
+    Listen,
+    AdvisoryLock,
+    WithHoldCursor,
+    SetRole,
+    SessionAuthorization,
+    SqlPrepare,
+    SetConfig,
+    MultiStatementSet,
+    /// A serializable session default: a hot standby refuses serializable transactions.
+    Serializable,
+}
+
+impl PinReason {
+    /// Stable snake_case name, e.g. for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinReason::TempTable => "temp_table",
+            PinReason::Listen => "listen",
+            PinReason::AdvisoryLock => "advisory_lock",
+            PinReason::WithHoldCursor => "with_hold_cursor",
+            PinReason::SetRole => "set_role",
+            PinReason::SessionAuthorization => "session_authorization",
+            PinReason::SqlPrepare => "sql_prepare",
+            PinReason::SetConfig => "set_config",
+            PinReason::MultiStatementSet => "multi_statement_set",
+            PinReason::Serializable => "serializable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub class: Class,
+    /// From a leading comment `/* pgmeridian:primary */` or `/* pgmeridian:replica */` (before the first token; also accept `-- pgmeridian:primary` line comments). Only Primary/Replica here.
+    pub hint: Option<Hint>,
+}
+
+/// Classifies `sql` (one or more statements) for routing.
+///
+/// Splits at top-level `;` (outside quotes, comments, dollar quotes and
+/// parentheses), classifies each statement and combines the results. One
+/// lexing pass feeds both the splitter and the whole-statement scan; a plain
+/// `SELECT` is classified without allocating.
+pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
+    let mut hint = None;
+    let mut combined = Combiner::default();
+    let mut lx = Lexer::new(sql);
+    let mut before_first_token = true;
+    let mut start = 0;
+    let mut has_token = false;
+    // The whole-statement scan runs in this same pass.
+    let mut scan = rules::Scan::default();
+    while let Some(item) = lx.next_item() {
+        let t = match item {
+            Item::Comment { body } => {
+                if before_first_token && hint.is_none() {
+                    hint = parse_hint(body);
+                }
+                continue;
+            }
+            Item::Token(t) => t,
+        };
+        before_first_token = false;
+        if t.is(Kind::Semicolon) && scan.depth() == 0 {
+            if has_token {
+                combined.push(rules::classify_stmt(
+                    sql,
+                    start,
+                    t.start,
+                    write_functions,
+                    &scan,
+                ));
+            }
+            start = t.end;
+            has_token = false;
+            scan = rules::Scan::default();
+            continue;
+        }
+        scan.feed(t, write_functions);
+        has_token = true;
+    }
+    if has_token {
+        combined.push(rules::classify_stmt(
+            sql,
+            start,
+            sql.len(),
+            write_functions,
+            &scan,
+        ));
+    }
+    Classified {
+        class: combined.finish(),
+        hint,
+    }
+}
+
+/// `pgmeridian:primary` / `pgmeridian:replica` (any case, blanks allowed
+/// around the colon) as the whole body of a comment.
+fn parse_hint(body: &[u8]) -> Option<Hint> {
+    let rest = body.trim_ascii();
+    let prefix = b"pgmeridian";
+    let head = rest.get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = rest.get(prefix.len()..)?.trim_ascii_start();
+    let value = rest.strip_prefix(b":")?.trim_ascii();
+    if value.eq_ignore_ascii_case(b"primary") {
+        Some(Hint::Primary)
+    } else if value.eq_ignore_ascii_case(b"replica") {
+        Some(Hint::Replica)
+    } else {
+        None
+    }
+}
+
+/// Folds the classes of the statements of one query string.
+#[derive(Default)]
+struct Combiner {
+    count: usize,
+    first: Option<Class>,
+    pin: Option<PinReason>,
+    session: bool,
+    write: bool,
+    unknown: bool,
+    transaction: bool,
+}
+
+impl Combiner {
+    fn push(&mut self, class: Class) {
+        match &class {
+            Class::Empty => return,
+            Class::Read => {}
+            Class::Write => self.write = true,
+            Class::Unknown => self.unknown = true,
+            Class::Begin { .. } | Class::End | Class::SetTransaction { .. } => {
+                self.transaction = true
+            }
+            Class::Session(_) | Class::RouteHint(_) => self.session = true,
+            Class::Pin(reason) => {
+                self.pin.get_or_insert(*reason);
+            }
+        }
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(class);
+        }
+    }
+
+    fn finish(self) -> Class {
+        match (self.count, self.first) {
+            (0, _) | (_, None) => Class::Empty,
+            (1, Some(class)) => class,
+            _ => {
+                if let Some(reason) = self.pin {
+                    Class::Pin(reason)
+                } else if self.session {
+                    Class::Pin(PinReason::MultiStatementSet)
+                } else if self.write {
+                    Class::Write
+                } else if self.unknown {
+                    Class::Unknown
+                } else if self.transaction {
+                    Class::Write
+                } else {
+                    Class::Read
+                }
+            }
+        }
+    }
+}

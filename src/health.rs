@@ -1,0 +1,197 @@
+//! Observed state: each node's liveness, role, WAL position and lag, published whole per cluster
+//! through `arc-swap` (desired state is `topology`). Pure helpers here; probing I/O is in
+//! `health/probe.rs`.
+
+pub mod probe;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One node as last probed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeHealth {
+    /// The last probe succeeded.
+    pub up: bool,
+    pub in_recovery: Option<bool>,
+    /// Primary: `pg_current_wal_lsn()`; replica: `pg_last_wal_replay_lsn()`; as of `sampled_at`.
+    pub lsn: Option<u64>,
+    /// When the probe that produced `lsn` was sent: the value is at least the position then.
+    pub sampled_at: Option<Instant>,
+    /// Replicas: how far behind the primary, in time and bytes.
+    pub lag: Option<Duration>,
+    pub lag_bytes: Option<u64>,
+    pub rtt: Option<Duration>,
+}
+
+impl NodeHealth {
+    /// A replica that may serve reads with at most `max_lag` staleness.
+    pub fn serves_reads(&self, max_lag: Duration) -> bool {
+        self.up && self.in_recovery == Some(true) && self.lag.is_some_and(|l| l <= max_lag)
+    }
+}
+
+/// One cluster's nodes, in configuration order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterHealth {
+    pub primary: NodeHealth,
+    pub replicas: Vec<NodeHealth>,
+    /// The primary's recent WAL positions, oldest first, as (probe sent at, LSN): a session
+    /// that committed at `t` needs the first position sampled after `t`.
+    pub primary_samples: Vec<(Instant, u64)>,
+}
+
+/// How long primary samples are kept for resolving read-your-writes requirements.
+pub const PRIMARY_SAMPLES_KEPT: Duration = Duration::from_secs(10);
+
+/// Every cluster's observed state, keyed by cluster name.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub clusters: HashMap<String, Arc<ClusterHealth>>,
+}
+
+/// Parses PostgreSQL's `X/Y` hexadecimal LSN text.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some((hi << 32) | lo)
+}
+
+/// Recent primary WAL positions, to turn a replica's replay position into a time lag:
+/// a replica is as far behind as the oldest primary position it has not replayed.
+#[derive(Debug, Clone)]
+pub struct PrimaryHistory {
+    samples: VecDeque<(Instant, u64)>,
+    keep: Duration,
+}
+
+impl PrimaryHistory {
+    pub fn new(keep: Duration) -> PrimaryHistory {
+        PrimaryHistory {
+            samples: VecDeque::new(),
+            keep,
+        }
+    }
+
+    /// Records that the primary was at `lsn` at `at`; only advances are kept.
+    pub fn push(&mut self, at: Instant, lsn: u64) {
+        if self.samples.back().is_none_or(|&(_, last)| lsn > last) {
+            self.samples.push_back((at, lsn));
+        }
+        // Keep one sample older than the horizon, so long lags stay measurable.
+        while self.samples.len() > 1
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|&(t, _)| at.saturating_duration_since(t) > self.keep)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn latest(&self) -> Option<u64> {
+        self.samples.back().map(|&(_, l)| l)
+    }
+
+    /// Time lag of a replica that has replayed up to `replay`, as of `now`.
+    pub fn lag_of(&self, replay: u64, now: Instant) -> Option<Duration> {
+        let latest = self.latest()?;
+        if replay >= latest {
+            return Some(Duration::ZERO);
+        }
+        // The first position the replica lacks appeared no later than this sample.
+        let (since, _) = self.samples.iter().find(|&&(_, lsn)| lsn > replay)?;
+        Some(now.saturating_duration_since(*since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text() {
+        let cases = [
+            ("0/4DFF618", Some(0x4DF_F618)),
+            ("16/B374D848", Some((0x16 << 32) | 0xB374_D848)),
+            ("0/0", Some(0)),
+            ("", None),
+            ("4DFF618", None),
+            ("0/xyz", None),
+            ("100000000/0", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_lsn(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn replica_lag_from_primary_history() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut h = PrimaryHistory::new(Duration::from_secs(60));
+        assert_eq!(h.lag_of(5, ms(0)), None, "no primary sample yet");
+        h.push(ms(0), 100);
+        h.push(ms(100), 100); // no advance: not recorded
+        h.push(ms(200), 150);
+        h.push(ms(300), 400);
+        let now = ms(1000);
+        let cases = [
+            (400, Some(Duration::ZERO)),             // caught up
+            (500, Some(Duration::ZERO)),             // ahead of our last sample
+            (150, Some(Duration::from_millis(700))), // lacks 400, seen at 300 ms
+            (120, Some(Duration::from_millis(800))), // lacks 150, seen at 200 ms
+            (99, Some(Duration::from_millis(1000))), // lacks everything we have seen
+        ];
+        for (replay, want) in cases {
+            assert_eq!(h.lag_of(replay, now), want, "replay {replay}");
+        }
+    }
+
+    #[test]
+    fn history_forgets_beyond_its_horizon_but_keeps_one_older_sample() {
+        let t0 = Instant::now();
+        let mut h = PrimaryHistory::new(Duration::from_secs(1));
+        for i in 0..50u64 {
+            h.push(t0 + Duration::from_millis(100 * i), i + 1);
+        }
+        assert!(h.samples.len() <= 12, "{}", h.samples.len());
+        assert_eq!(
+            h.lag_of(0, t0 + Duration::from_secs(5)),
+            Some(Duration::from_millis(5000 - 3800))
+        );
+    }
+
+    #[test]
+    fn serving_reads_needs_up_standby_within_lag() {
+        let good = NodeHealth {
+            up: true,
+            in_recovery: Some(true),
+            lag: Some(Duration::from_millis(300)),
+            ..Default::default()
+        };
+        let max = Duration::from_secs(1);
+        assert!(good.serves_reads(max));
+        assert!(!NodeHealth {
+            up: false,
+            ..good.clone()
+        }
+        .serves_reads(max));
+        assert!(!NodeHealth {
+            in_recovery: Some(false),
+            ..good.clone()
+        }
+        .serves_reads(max));
+        assert!(!NodeHealth {
+            lag: None,
+            ..good.clone()
+        }
+        .serves_reads(max));
+        assert!(!NodeHealth {
+            lag: Some(Duration::from_secs(2)),
+            ..good
+        }
+        .serves_reads(max));
+    }
+}

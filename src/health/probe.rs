@@ -1,0 +1,258 @@
+//! The probe loop: every `health.interval`, each node of a cluster is asked for its role and
+//! WAL position over a persistent connection (the proxy's own login code, so node TLS settings
+//! apply); the results are folded into one `ClusterHealth` and published.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use tokio::task::JoinSet;
+
+use super::{parse_lsn, ClusterHealth, NodeHealth, PrimaryHistory};
+use crate::app::Shared;
+use crate::backend::{self, BackendConn};
+use crate::protocol::frame;
+use crate::topology::{ClusterSpec, NodeSpec, UserSpec};
+
+const PROBE_SQL: &str = "select pg_is_in_recovery(), \
+     case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end";
+
+/// Starts one probe loop per cluster of the current topology.
+pub fn spawn_all(shared: &Arc<Shared>) {
+    let topology = shared.topology.load_full();
+    let user_name = topology.health.user.clone();
+    let user = match user_name.and_then(|u| topology.users.get(&u).cloned()) {
+        Some(u) => Some(u),
+        None => topology.users_in_order.first().cloned(),
+    };
+    let Some(user) = user else { return };
+    for cluster in topology.clusters.values() {
+        tokio::spawn(cluster_loop(shared.clone(), cluster.clone(), user.clone()));
+    }
+}
+
+struct Sample {
+    in_recovery: bool,
+    lsn: Option<u64>,
+    sent_at: Instant,
+    rtt: Duration,
+}
+
+async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<UserSpec>) {
+    let nodes: Vec<Arc<NodeSpec>> = std::iter::once(cluster.primary.clone())
+        .chain(cluster.replicas.iter().cloned())
+        .collect();
+    let mut conns: Vec<Option<BackendConn>> = nodes.iter().map(|_| None).collect();
+    let mut history = PrimaryHistory::new(Duration::from_secs(120));
+    let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    let (interval, timeout) = {
+        let t = shared.topology.load();
+        (t.health.interval, t.health.timeout)
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shared.drain.cancelled() => return,
+        }
+        let mut probes = JoinSet::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let (node, user, conn) = (node.clone(), user.clone(), conns[i].take());
+            probes.spawn(async move {
+                let (conn, result) = probe(&node, &user, conn, timeout).await;
+                (i, conn, result)
+            });
+        }
+        let mut samples: Vec<Option<Sample>> = nodes.iter().map(|_| None).collect();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((i, conn, result)) = joined else {
+                continue;
+            };
+            conns[i] = conn;
+            match result {
+                Ok(s) => samples[i] = Some(s),
+                Err(e) => tracing::debug!(node = %nodes[i], error = %e, "probe failed"),
+            }
+        }
+        let now = Instant::now();
+        let mut folded = fold(&samples, &mut history, now);
+        if let (Some(false), Some(lsn), Some(at)) = (
+            folded.primary.in_recovery,
+            folded.primary.lsn,
+            folded.primary.sampled_at,
+        ) {
+            recent.push_back((at, lsn));
+        }
+        while recent
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > super::PRIMARY_SAMPLES_KEPT)
+        {
+            recent.pop_front();
+        }
+        folded.primary_samples = recent.iter().copied().collect();
+        shared.health.rcu(|h| {
+            let mut clusters = h.clusters.clone();
+            clusters.insert(cluster.name.clone(), Arc::new(folded.clone()));
+            super::Health { clusters }
+        });
+    }
+}
+
+/// Turns one round of samples (primary first) into the published state.
+fn fold(samples: &[Option<Sample>], history: &mut PrimaryHistory, now: Instant) -> ClusterHealth {
+    let node = |s: &Option<Sample>| match s {
+        None => NodeHealth::default(),
+        Some(s) => NodeHealth {
+            up: true,
+            in_recovery: Some(s.in_recovery),
+            lsn: s.lsn,
+            sampled_at: Some(s.sent_at),
+            lag: None,
+            lag_bytes: None,
+            rtt: Some(s.rtt),
+        },
+    };
+    let primary = samples.first().map(node).unwrap_or_default();
+    if let (Some(false), Some(lsn), Some(at)) =
+        (primary.in_recovery, primary.lsn, primary.sampled_at)
+    {
+        history.push(at, lsn);
+    }
+    let replicas = samples
+        .iter()
+        .skip(1)
+        .map(|s| {
+            let mut h = node(s);
+            if let (Some(true), Some(replay)) = (h.in_recovery, h.lsn) {
+                h.lag = history.lag_of(replay, now);
+                h.lag_bytes = history.latest().map(|p| p.saturating_sub(replay));
+            }
+            h
+        })
+        .collect();
+    ClusterHealth {
+        primary,
+        replicas,
+        primary_samples: Vec::new(),
+    }
+}
+
+async fn probe(
+    node: &Arc<NodeSpec>,
+    user: &UserSpec,
+    conn: Option<BackendConn>,
+    timeout: Duration,
+) -> (Option<BackendConn>, Result<Sample, String>) {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => {
+            let params = [("application_name".to_owned(), "pgmeridian-probe".to_owned())];
+            match backend::connect(node, user, &params, timeout).await {
+                Ok(c) => c,
+                Err(e) => return (None, Err(e.to_string())),
+            }
+        }
+    };
+    let mut request = BytesMut::new();
+    if let Err(e) = frontend::query(PROBE_SQL, &mut request) {
+        return (None, Err(e.to_string()));
+    }
+    let sent_at = Instant::now();
+    let reply = tokio::time::timeout(timeout, conn.exchange(&request)).await;
+    let messages = match reply {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return (None, Err(e.to_string())),
+        Err(_) => return (None, Err(format!("no answer within {timeout:?}"))),
+    };
+    let rtt = sent_at.elapsed();
+    let row = messages
+        .iter()
+        .find(|m| m[0] == b'D')
+        .map(|m| data_row_text(frame::body(m)));
+    let result = match row.as_deref() {
+        Some([Some(rec), lsn]) => Ok(Sample {
+            in_recovery: rec == "t",
+            lsn: lsn.as_deref().and_then(parse_lsn),
+            sent_at,
+            rtt,
+        }),
+        _ => Err("unexpected probe answer".to_owned()),
+    };
+    (Some(conn), result)
+}
+
+/// Text columns of a DataRow body.
+fn data_row_text(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let Some((count, mut rest)) = body.split_first_chunk::<2>() else {
+        return out;
+    };
+    for _ in 0..u16::from_be_bytes(*count) {
+        let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = i32::from_be_bytes(*len);
+        if len < 0 {
+            out.push(None);
+            rest = after;
+            continue;
+        }
+        let Some(value) = after.get(..len as usize) else {
+            break;
+        };
+        out.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &after[len as usize..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_row_columns() {
+        let body = [
+            &[0u8, 3][..],
+            &2i32.to_be_bytes(),
+            b"ok",
+            &(-1i32).to_be_bytes(),
+            &0i32.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(
+            data_row_text(&body),
+            vec![Some("ok".into()), None, Some(String::new())]
+        );
+        assert_eq!(
+            data_row_text(&[0, 1, 0, 0, 0, 9, b'x']),
+            Vec::<Option<String>>::new()
+        );
+    }
+
+    #[test]
+    fn folding_a_round_computes_replica_lag() {
+        let t0 = Instant::now();
+        let mut history = PrimaryHistory::new(Duration::from_secs(60));
+        let s = |rec, lsn, ms| {
+            Some(Sample {
+                in_recovery: rec,
+                lsn: Some(lsn),
+                sent_at: t0 + Duration::from_millis(ms),
+                rtt: Duration::from_millis(1),
+            })
+        };
+        fold(&[s(false, 100, 0), s(true, 100, 0)], &mut history, t0);
+        let h = fold(
+            &[s(false, 300, 500), s(true, 100, 500), None],
+            &mut history,
+            t0 + Duration::from_millis(600),
+        );
+        assert!(h.primary.up && h.primary.in_recovery == Some(false));
+        assert_eq!(h.replicas[0].lag, Some(Duration::from_millis(100)));
+        assert_eq!(h.replicas[0].lag_bytes, Some(200));
+        assert!(!h.replicas[1].up);
+    }
+}

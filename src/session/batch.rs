@@ -1,0 +1,370 @@
+//! Pure bookkeeping of a session's client messages: groups them into batches, remembers the
+//! client's prepared statements (name → SQL, class, original Parse bytes) and works out what
+//! a batch executes, needs on its backend, and changes. No I/O.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::classify::{classify, Class, Hint, Setting, WriteFunctions};
+use crate::protocol::frame::{self, read_cstr};
+use crate::protocol::tag;
+
+/// A statement the client prepared with Parse.
+#[derive(Debug)]
+pub struct Statement {
+    pub class: Class,
+    pub hint: Option<Hint>,
+    /// Hash of the Parse message body (name, SQL, parameter types): identity on a backend.
+    pub hash: u64,
+    /// The client's original Parse message, replayed on backends that lack the statement.
+    pub parse: Bytes,
+    pub sql: Arc<str>,
+}
+
+/// The client's prepared statements; `""` is the unnamed one.
+#[derive(Debug, Default)]
+pub struct Statements {
+    map: HashMap<String, Arc<Statement>>,
+}
+
+impl Statements {
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+}
+
+/// Client messages up to a Sync, Query, FunctionCall or Flush, and what they amount to.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub bytes: BytesMut,
+    /// Combined class of everything the batch executes (Empty if it only prepares/describes).
+    pub class: Option<Class>,
+    pub hint: Option<Hint>,
+    /// Ends with a message answered by ReadyForQuery.
+    pub completes: bool,
+    /// Statements the batch uses that it does not Parse itself: the backend must have them.
+    pub uses: Vec<String>,
+    /// Statements (re)defined by the batch, with their Parse hash.
+    pub parses: Vec<(String, u64)>,
+    pub closes: Vec<String>,
+    /// Contains a simple Query (which drops the backend's unnamed statement).
+    pub simple_query: bool,
+    /// A session setting the batch executes, and the SQL to replay it elsewhere.
+    pub setting: Option<(Setting, Arc<str>)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn add_class(&mut self, class: &Class, hint: Option<Hint>) {
+        self.hint = self.hint.or(hint);
+        self.class = Some(match self.class.take() {
+            None => class.clone(),
+            Some(prev) => combine(prev, class),
+        });
+    }
+}
+
+/// Combines the classes of statements executed in one batch: reads stay reads; one
+/// non-read statement decides; several non-read statements are a write (pins win).
+fn combine(a: Class, b: &Class) -> Class {
+    match (a, b) {
+        (Class::Pin(p), _) => Class::Pin(p),
+        (_, Class::Pin(p)) => Class::Pin(*p),
+        (Class::Read | Class::Empty, other) => other.clone(),
+        (other, Class::Read | Class::Empty) => other,
+        _ => Class::Write,
+    }
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// What a client message means for batching.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Part of the batch being built.
+    Continue,
+    /// The batch is ready to send (`completes` tells whether it awaits ReadyForQuery).
+    Send,
+}
+
+/// Adds one extended-protocol or Query/FunctionCall message to `batch`, updating `statements`.
+/// Returns an error text for malformed messages (the caller ends the session with 08P01).
+pub fn add(
+    batch: &mut Batch,
+    statements: &mut Statements,
+    msg: BytesMut,
+    writes: &WriteFunctions,
+) -> Result<Step, String> {
+    let body = frame::body(&msg);
+    let step = match msg[0] {
+        tag::QUERY => {
+            let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
+            let sql = std::str::from_utf8(sql).unwrap_or("");
+            let c = classify(sql, writes);
+            if let Class::Session(s) = &c.class {
+                batch.setting = Some((s.clone(), Arc::from(sql)));
+            }
+            batch.add_class(&c.class, c.hint);
+            batch.simple_query = true;
+            batch.completes = true;
+            Step::Send
+        }
+        tag::FUNCTION_CALL => {
+            batch.add_class(&Class::Write, None);
+            batch.completes = true;
+            Step::Send
+        }
+        tag::PARSE => {
+            let (name, rest) = read_cstr(body).ok_or("malformed Parse message")?;
+            let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
+            let name = String::from_utf8_lossy(name).into_owned();
+            let sql: Arc<str> = Arc::from(std::str::from_utf8(sql).unwrap_or(""));
+            let c = classify(&sql, writes);
+            let hash = hash_of(body);
+            let stmt = Statement {
+                class: c.class,
+                hint: c.hint,
+                hash,
+                parse: Bytes::copy_from_slice(&msg),
+                sql,
+            };
+            batch.parses.retain(|(n, _)| *n != name);
+            batch.parses.push((name.clone(), hash));
+            statements.map.insert(name, Arc::new(stmt));
+            batch.add_class(&Class::Empty, None);
+            Step::Continue
+        }
+        tag::BIND => {
+            let (_portal, rest) = read_cstr(body).ok_or("malformed Bind message")?;
+            let (stmt, _) = read_cstr(rest).ok_or("malformed Bind message")?;
+            let stmt = String::from_utf8_lossy(stmt).into_owned();
+            match statements.map.get(&stmt) {
+                Some(s) => {
+                    if let Class::Session(setting) = &s.class {
+                        batch.setting = Some((setting.clone(), s.sql.clone()));
+                    }
+                    let (class, hint) = (s.class.clone(), s.hint);
+                    batch.add_class(&class, hint);
+                }
+                // Unknown to us: let the primary answer (it will report the error).
+                None => batch.add_class(&Class::Unknown, None),
+            }
+            note_use(batch, stmt);
+            Step::Continue
+        }
+        tag::DESCRIBE => {
+            if let Some((&b'S', rest)) = body.split_first() {
+                let (name, _) = read_cstr(rest).ok_or("malformed Describe message")?;
+                note_use(batch, String::from_utf8_lossy(name).into_owned());
+            }
+            batch.add_class(&Class::Empty, None);
+            Step::Continue
+        }
+        tag::CLOSE => {
+            if let Some((&b'S', rest)) = body.split_first() {
+                let (name, _) = read_cstr(rest).ok_or("malformed Close message")?;
+                let name = String::from_utf8_lossy(name).into_owned();
+                statements.map.remove(&name);
+                batch.closes.push(name);
+            }
+            batch.add_class(&Class::Empty, None);
+            Step::Continue
+        }
+        tag::EXECUTE => Step::Continue,
+        tag::FLUSH => Step::Send,
+        tag::SYNC => {
+            batch.completes = true;
+            Step::Send
+        }
+        other => return Err(format!("invalid frontend message type {other}")),
+    };
+    batch.bytes.unsplit(msg);
+    Ok(step)
+}
+
+fn note_use(batch: &mut Batch, name: String) {
+    if !batch.parses.iter().any(|(n, _)| *n == name) && !batch.uses.contains(&name) {
+        batch.uses.push(name);
+    }
+}
+
+/// Session parameters set by the client, replayed (after RESET ALL) on a backend that has not
+/// seen them. Later settings of the same name replace earlier ones.
+#[derive(Debug, Default)]
+pub struct Settings {
+    list: Vec<(String, Arc<str>)>,
+    /// Bumped on every change; each backend remembers the version it has applied.
+    pub version: u64,
+}
+
+impl Settings {
+    pub fn apply(&mut self, setting: &Setting, sql: &Arc<str>) {
+        match setting {
+            Setting::Set { name, .. } => {
+                self.list.retain(|(n, _)| n != name);
+                self.list.push((name.clone(), sql.clone()));
+            }
+            Setting::Reset { name } => self.list.retain(|(n, _)| n != name),
+            Setting::ResetAll | Setting::DiscardAll => self.list.clear(),
+        }
+        self.version += 1;
+    }
+
+    /// One simple-query string that brings a backend to this state.
+    pub fn replay_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (_, s) in &self.list {
+            sql.push_str("; ");
+            sql.push_str(s.trim().trim_end_matches(';'));
+        }
+        sql
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn msg(tag: u8, parts: &[&[u8]]) -> BytesMut {
+        let body: Vec<u8> = parts.concat();
+        let mut m = BytesMut::new();
+        m.put_u8(tag);
+        m.put_u32((body.len() + 4) as u32);
+        m.put_slice(&body);
+        m
+    }
+
+    fn parse(name: &str, sql: &str) -> BytesMut {
+        msg(
+            b'P',
+            &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
+        )
+    }
+
+    fn bind(stmt: &str) -> BytesMut {
+        msg(b'B', &[b"\0", stmt.as_bytes(), b"\0", &[0, 0, 0, 0, 0, 0]])
+    }
+
+    #[test]
+    fn extended_batch_takes_the_class_of_what_it_executes() {
+        let w = WriteFunctions::default();
+        let mut st = Statements::default();
+        let mut b = Batch::default();
+        assert_eq!(
+            add(&mut b, &mut st, parse("s1", "select 1"), &w),
+            Ok(Step::Continue)
+        );
+        assert_eq!(add(&mut b, &mut st, bind("s1"), &w), Ok(Step::Continue));
+        assert_eq!(
+            add(&mut b, &mut st, msg(b'E', &[b"\0", &[0, 0, 0, 0]]), &w),
+            Ok(Step::Continue)
+        );
+        assert_eq!(add(&mut b, &mut st, msg(b'S', &[]), &w), Ok(Step::Send));
+        assert_eq!(b.class, Some(Class::Read));
+        assert!(b.completes && b.uses.is_empty());
+        assert_eq!(b.parses.len(), 1);
+
+        // A later batch that only binds s1 needs it on its backend.
+        let mut b2 = Batch::default();
+        add(&mut b2, &mut st, bind("s1"), &w).unwrap();
+        add(&mut b2, &mut st, msg(b'S', &[]), &w).unwrap();
+        assert_eq!(b2.uses, vec!["s1".to_owned()]);
+        assert_eq!(b2.class, Some(Class::Read));
+    }
+
+    #[test]
+    fn prepare_only_batches_with_flush_are_neutral() {
+        let w = WriteFunctions::default();
+        let mut st = Statements::default();
+        let mut b = Batch::default();
+        add(&mut b, &mut st, parse("s", "insert into t values (1)"), &w).unwrap();
+        add(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
+        assert_eq!(add(&mut b, &mut st, msg(b'H', &[]), &w), Ok(Step::Send));
+        assert_eq!(b.class, Some(Class::Empty));
+        assert!(!b.completes);
+        assert!(
+            b.uses.is_empty(),
+            "described statement was parsed in the same batch"
+        );
+    }
+
+    #[test]
+    fn classes_combine_to_the_strongest() {
+        use crate::classify::PinReason;
+        let cases = [
+            (Class::Read, Class::Read, Class::Read),
+            (Class::Empty, Class::Write, Class::Write),
+            (Class::Write, Class::Read, Class::Write),
+            (Class::Write, Class::Unknown, Class::Write),
+            (
+                Class::Read,
+                Class::Pin(PinReason::Listen),
+                Class::Pin(PinReason::Listen),
+            ),
+            (Class::Begin { read_only: None }, Class::Write, Class::Write),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(combine(a.clone(), &b), want, "{a:?} + {b:?}");
+        }
+    }
+
+    #[test]
+    fn bind_of_an_unknown_statement_is_routed_as_unknown() {
+        let w = WriteFunctions::default();
+        let mut st = Statements::default();
+        let mut b = Batch::default();
+        add(&mut b, &mut st, bind("nope"), &w).unwrap();
+        assert_eq!(b.class, Some(Class::Unknown));
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        let w = WriteFunctions::default();
+        let mut st = Statements::default();
+        for m in [
+            msg(b'P', &[b"noterm"]),
+            msg(b'B', &[b"\0"]),
+            msg(b'Q', &[b"x"]),
+            msg(b'Z', &[]),
+        ] {
+            assert!(add(&mut Batch::default(), &mut st, m, &w).is_err());
+        }
+    }
+
+    #[test]
+    fn settings_replay_in_order_with_replacement() {
+        let mut s = Settings::default();
+        let set = |n: &str| Setting::Set {
+            name: n.into(),
+            value: "x".into(),
+        };
+        s.apply(&set("search_path"), &Arc::from("SET search_path = a"));
+        s.apply(&set("timezone"), &Arc::from("SET TIME ZONE 'UTC';"));
+        s.apply(&set("search_path"), &Arc::from("SET search_path = b"));
+        assert_eq!(
+            s.replay_sql(),
+            "RESET ALL; SET TIME ZONE 'UTC'; SET search_path = b"
+        );
+        s.apply(
+            &Setting::Reset {
+                name: "timezone".into(),
+            },
+            &Arc::from("RESET timezone"),
+        );
+        assert_eq!(s.replay_sql(), "RESET ALL; SET search_path = b");
+        s.apply(&Setting::DiscardAll, &Arc::from("DISCARD ALL"));
+        assert_eq!(s.replay_sql(), "RESET ALL");
+        assert_eq!(s.version, 5);
+    }
+}

@@ -1,0 +1,438 @@
+//! Read/write routing against a real primary and two replicas replaying 200 ms and 500 ms
+//! behind (`recovery_min_apply_delay`): writes never reach a replica, a session's reads see its
+//! own writes, reads go to replicas, and session state follows the session between backends.
+
+mod common;
+
+/// Two replicas with real replication lag.
+pub const REPLICA_DELAYS_MS: &[u64] = &[200, 500];
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+
+use common::*;
+
+fn primary_port() -> i32 {
+    i32::from(cluster().primary.port)
+}
+
+async fn proxy_ready(extra: &str) -> pgmeridian::app::Proxy {
+    let p = proxy(extra).await;
+    // Let the first probe rounds publish every node's state.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    p
+}
+
+/// Runs `sql` on the primary and waits until both replicas have replayed it.
+async fn setup(sql: &str) {
+    let admin = superuser("app").await;
+    admin.batch_execute(sql).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+async fn served_by(client: &Client, sql: &str) -> i32 {
+    client.query_one(sql, &[]).await.unwrap().get::<_, i32>(0)
+}
+
+#[derive(Default)]
+struct Counts {
+    reads: AtomicU64,
+    stale: AtomicU64,
+    replica_reads: AtomicU64,
+    later_reads: AtomicU64,
+    later_replica_reads: AtomicU64,
+    reader_reads: AtomicU64,
+    reader_replica_reads: AtomicU64,
+}
+
+/// 16 sessions each write their own row and immediately read it back, for `run_for`; every
+/// 8th round a session also reads again 1.1 s after its write. 4 more sessions only read.
+async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
+    let t = table(&format!("ryw_{mode}"));
+    setup(&format!(
+        "create table {t} (id int primary key, v bigint not null);
+         insert into {t} select g, 0 from generate_series(0, 15) g;
+         grant all on {t} to app;"
+    ))
+    .await;
+    let proxy = proxy_ready(&format!("routing: {{ read_your_writes: {mode} }}\n")).await;
+    let counts = Arc::new(Counts::default());
+    let deadline = Instant::now() + run_for;
+    let mut tasks = Vec::new();
+    for id in 0..16i32 {
+        let (counts, t, addr) = (counts.clone(), t.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let c = connect(addr).await;
+            let write = c
+                .prepare(&format!("update {t} set v = $2 where id = $1"))
+                .await
+                .unwrap();
+            let read = c
+                .prepare(&format!(
+                    "select v, inet_server_port() from {t} where id = $1"
+                ))
+                .await
+                .unwrap();
+            let mut n = 0i64;
+            while Instant::now() < deadline {
+                n += 1;
+                c.execute(&write, &[&id, &n]).await.unwrap();
+                let row = c.query_one(&read, &[&id]).await.unwrap();
+                let (v, port): (i64, i32) = (row.get(0), row.get(1));
+                counts.reads.fetch_add(1, Ordering::Relaxed);
+                if v < n {
+                    counts.stale.fetch_add(1, Ordering::Relaxed);
+                }
+                if port != primary_port() {
+                    counts.replica_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                if n % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    let row = c.query_one(&read, &[&id]).await.unwrap();
+                    let (v, port): (i64, i32) = (row.get(0), row.get(1));
+                    counts.later_reads.fetch_add(1, Ordering::Relaxed);
+                    if v < n {
+                        counts.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if port != primary_port() {
+                        counts.later_replica_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for _ in 0..4 {
+        let (counts, t, addr) = (counts.clone(), t.clone(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let c = connect(addr).await;
+            while Instant::now() < deadline {
+                let port: i32 = c
+                    .query_one(&format!("select inet_server_port() from {t} limit 1"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                counts.reader_reads.fetch_add(1, Ordering::Relaxed);
+                if port != primary_port() {
+                    counts.reader_replica_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    proxy.shutdown().await;
+    counts
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_holds_under_concurrency_and_reads_use_replicas() {
+    let on = consistency("lsn", Duration::from_secs(20)).await;
+    let (reads, stale) = (load(&on.reads) + load(&on.later_reads), load(&on.stale));
+    let reader_share = load(&on.reader_replica_reads) as f64 / load(&on.reader_reads).max(1) as f64;
+    let later_share = load(&on.later_replica_reads) as f64 / load(&on.later_reads).max(1) as f64;
+    eprintln!(
+        "read_your_writes=lsn: {reads} reads, {stale} stale; read-only sessions {:.1}% on replicas ({} reads); \
+         reads 1.1 s after a write {:.1}% on replicas ({} reads); immediate reads {:.1}% on replicas",
+        reader_share * 100.0,
+        load(&on.reader_reads),
+        later_share * 100.0,
+        load(&on.later_reads),
+        load(&on.replica_reads) as f64 * 100.0 / load(&on.reads).max(1) as f64,
+    );
+    assert!(
+        reads > 1000,
+        "the checker did too little work to mean anything: {reads} reads"
+    );
+    assert_eq!(stale, 0, "stale reads with read-your-writes on");
+    assert!(
+        reader_share >= 0.95,
+        "read-only sessions got {:.1}% of reads from replicas",
+        reader_share * 100.0
+    );
+    assert!(load(&on.later_reads) >= 16, "too few late reads to judge");
+    assert!(
+        later_share >= 0.5,
+        "reads 1.1 s after a write: {:.1}% from replicas",
+        later_share * 100.0
+    );
+
+    // The same checker with the guarantee off must find stale reads: proof it can fail.
+    let off = consistency("off", Duration::from_secs(5)).await;
+    eprintln!(
+        "read_your_writes=off: {} reads, {} stale",
+        load(&off.reads),
+        load(&off.stale)
+    );
+    assert!(
+        load(&off.stale) > 0,
+        "the checker found no stale reads with read-your-writes off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_mode_also_reads_its_writes() {
+    let w = consistency("window", Duration::from_secs(5)).await;
+    eprintln!(
+        "read_your_writes=window: {} reads, {} stale",
+        load(&w.reads),
+        load(&w.stale)
+    );
+    assert!(load(&w.reads) > 100);
+    assert_eq!(load(&w.stale), 0, "stale reads in window mode");
+}
+
+/// Every shape of write, as simple and as extended protocol, in autocommit, inside
+/// BEGIN … COMMIT and after a session SET: none may reach a replica (SQLSTATE 25006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_shape_reaches_a_replica() {
+    setup(
+        "create table if not exists ws (id serial primary key, v int);
+         insert into ws (v) values (0);
+         create sequence if not exists wseq;
+         create or replace procedure wproc() language sql as $$ insert into ws (v) values (1) $$;
+         grant all on ws, ws_id_seq, wseq to app; grant create on schema public to app;",
+    )
+    .await;
+    let proxy = proxy_ready("").await;
+    let client = connect(proxy.addr).await;
+    let n = AtomicU64::new(0);
+    let shapes = |extended: bool| -> Vec<String> {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        let mut v = vec![
+            "insert into ws (v) values (1)".to_owned(),
+            "update ws set v = v + 1 where id = 1".to_owned(),
+            "delete from ws where id < 0".to_owned(),
+            "merge into ws using (select 1 as id) s on ws.id = s.id when matched then update set v = 0".to_owned(),
+            "select * from ws where id = 1 for update".to_owned(),
+            "select * from ws where id = 1 for no key update".to_owned(),
+            "select * from ws where id = 1 for share".to_owned(),
+            "select * from (select * from ws for key share) sub".to_owned(),
+            format!("select v into ws_into_{i} from ws"),
+            format!("drop table ws_into_{i}"),
+            "with x as (insert into ws (v) values (2) returning id) select * from x".to_owned(),
+            "select nextval('wseq')".to_owned(),
+            "select setval('wseq', 100)".to_owned(),
+            "select pg_advisory_xact_lock(42)".to_owned(),
+            "select txid_current()".to_owned(),
+            "select pg_notify('chan', 'x')".to_owned(),
+            "call wproc()".to_owned(),
+            "do $$ begin perform 1; end $$".to_owned(),
+            format!("create table wt_{i} (x int)"),
+            format!("alter table wt_{i} add column y int"),
+            format!("drop table wt_{i}"),
+            "explain analyze insert into ws (v) values (3)".to_owned(),
+            "notify chan".to_owned(),
+            "truncate table ws_t".to_owned(),
+            "analyze ws".to_owned(),
+            "select lo_unlink(lo_create(0))".to_owned(),
+            "/* a comment first */ insert into ws (v) values (5)".to_owned(),
+            "INSERT\tINTO ws (v)\nVALUES (6)".to_owned(),
+        ];
+        if !extended {
+            v.push("select 1; insert into ws (v) values (4)".to_owned());
+            v.push("vacuum ws".to_owned());
+        }
+        v
+    };
+    client
+        .batch_execute("create table if not exists ws_t (x int)")
+        .await
+        .unwrap();
+    let mut failures = Vec::new();
+    let mut check = |what: String, r: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = r {
+            failures.push(format!("{what}: {e:?}"));
+        }
+    };
+    for round in ["autocommit", "in transaction", "after SET search_path"] {
+        if round == "after SET search_path" {
+            client
+                .batch_execute("set search_path = public")
+                .await
+                .unwrap();
+        }
+        let txn = round == "in transaction";
+        for extended in [false, true] {
+            for sql in shapes(extended) {
+                if txn && (sql.starts_with("vacuum") || sql.contains("; ")) {
+                    continue;
+                }
+                if txn {
+                    client.batch_execute("begin").await.unwrap();
+                }
+                let r = if extended {
+                    client.execute(sql.as_str(), &[]).await.map(drop)
+                } else {
+                    client.simple_query(&sql).await.map(drop)
+                };
+                check(format!("[{round}, extended={extended}] {sql}"), r);
+                if txn {
+                    client.batch_execute("commit").await.unwrap();
+                }
+            }
+        }
+        // LOCK only exists inside a transaction; COPY FROM is its own sub-protocol.
+        client.batch_execute("begin").await.unwrap();
+        check(
+            format!("[{round}] lock"),
+            client.batch_execute("lock table ws in share mode").await,
+        );
+        client.batch_execute("commit").await.unwrap();
+        let sink = client.copy_in("copy ws (v) from stdin").await.unwrap();
+        let mut sink = std::pin::pin!(sink);
+        sink.send(Bytes::from_static(b"7\n8\n")).await.unwrap();
+        check(
+            format!("[{round}] copy from"),
+            sink.finish().await.map(drop),
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "writes that failed through the proxy:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_move_between_backends() {
+    let t = table("ps");
+    setup(&format!("create table {t} (id int primary key, v text); insert into {t} values (1, 'x'); grant all on {t} to app;")).await;
+    let proxy = proxy_ready("").await;
+    let c = connect(proxy.addr).await;
+    let replicas: Vec<i32> = cluster()
+        .replicas
+        .iter()
+        .map(|r| i32::from(r.port))
+        .collect();
+
+    // Prepared while pinned to the primary by a write, executed later on a replica.
+    c.execute(&format!("update {t} set v = 'y' where id = 1"), &[])
+        .await
+        .unwrap();
+    let on_primary = c
+        .prepare(&format!(
+            "select v, inet_server_port() from {t} where id = $1"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let row = c.query_one(&on_primary, &[&1i32]).await.unwrap();
+    let (v, port): (String, i32) = (row.get(0), row.get(1));
+    assert_eq!(v, "y");
+    assert!(replicas.contains(&port), "expected a replica, got {port}");
+
+    // Prepared on a replica, executed on the primary right after a write.
+    let on_replica = c.prepare("select inet_server_port()").await.unwrap();
+    c.execute(&format!("update {t} set v = 'z' where id = 1"), &[])
+        .await
+        .unwrap();
+    let port: i32 = c.query_one(&on_replica, &[]).await.unwrap().get(0);
+    assert_eq!(port, primary_port(), "pinned after the write");
+    let v: String = c
+        .query_one(&format!("select v from {t} where id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "z", "read your write");
+
+    // Both statements still work wherever they run next.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        c.query_one(&on_primary, &[&1i32]).await.unwrap();
+        c.query_one(&on_replica, &[]).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_are_in_force_on_whichever_node_answers() {
+    setup(
+        "create schema if not exists pgm_s; create table if not exists pgm_s.marker (v text);
+         truncate pgm_s.marker; insert into pgm_s.marker values ('from-schema');
+         grant usage on schema pgm_s to app; grant all on pgm_s.marker to app;",
+    )
+    .await;
+    let proxy = proxy_ready("").await;
+    let c = connect(proxy.addr).await;
+    c.batch_execute("set search_path = pgm_s, public")
+        .await
+        .unwrap();
+    c.batch_execute("SET TIME ZONE 'Asia/Tokyo'").await.unwrap();
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        // Right after a write (primary), then once the replicas have caught up.
+        c.batch_execute("update marker set v = v").await.unwrap();
+        for wait in [0u64, 1100] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let row = c
+                .query_one(
+                    "select v, current_setting('TimeZone'), inet_server_port() from marker",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (v, tz, port): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+            assert_eq!(
+                (v.as_str(), tz.as_str()),
+                ("from-schema", "Asia/Tokyo"),
+                "on port {port}"
+            );
+            ports.insert(port);
+        }
+    }
+    assert!(
+        ports.contains(&primary_port()) && ports.len() >= 2,
+        "both kinds of node answered: {ports:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_and_transactions() {
+    let proxy = proxy_ready("").await;
+    let c = connect(proxy.addr).await;
+    let p = primary_port();
+    assert_ne!(
+        served_by(&c, "select inet_server_port()").await,
+        p,
+        "plain read on a replica"
+    );
+    assert_eq!(
+        served_by(&c, "/* pgmeridian:primary */ select inet_server_port()").await,
+        p
+    );
+    // SET pgmeridian.route is answered by the proxy and steers the session.
+    c.simple_query("SET pgmeridian.route = primary")
+        .await
+        .unwrap();
+    assert_eq!(served_by(&c, "select inet_server_port()").await, p);
+    c.simple_query("set pgmeridian.route to 'auto'")
+        .await
+        .unwrap();
+    assert_ne!(served_by(&c, "select inet_server_port()").await, p);
+    // A read-write transaction stays on the primary, reads included.
+    c.batch_execute("begin").await.unwrap();
+    assert_eq!(served_by(&c, "select inet_server_port()").await, p);
+    c.batch_execute("commit").await.unwrap();
+    // A read-only transaction runs on one replica.
+    c.batch_execute("begin read only").await.unwrap();
+    let first = served_by(&c, "select inet_server_port()").await;
+    assert_ne!(first, p);
+    assert_eq!(served_by(&c, "select inet_server_port()").await, first);
+    c.batch_execute("commit").await.unwrap();
+    // A temp table pins the session to the primary for good.
+    c.batch_execute("create temp table pinned (x int)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(served_by(&c, "select inet_server_port()").await, p);
+}
