@@ -34,6 +34,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Client connections currently open.
     pub clients: AtomicUsize,
+    /// SQL texts replicas refused as writes.
+    pub learned_writes: crate::session::LearnedWrites,
 }
 
 pub struct ClientTls {
@@ -80,6 +82,7 @@ impl Shared {
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
+            learned_writes: Default::default(),
         })
     }
 }

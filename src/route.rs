@@ -37,6 +37,8 @@ pub enum Reason {
     NoReplicaFallback,
     /// The session used a feature that cannot move (temp table, LISTEN, …): primary for life.
     StickySessionFeature,
+    /// A replica refused the statement as a write; it was re-run on the primary.
+    ReadonlyRetry,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::LagExcluded => "lag_excluded",
             Reason::NoReplicaFallback => "no_replica_fallback",
             Reason::StickySessionFeature => "sticky_session_feature",
+            Reason::ReadonlyRetry => "readonly_retry",
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::app::Shared;
+pub use batch::LearnedWrites;
 pub use handshake::Established;
 use handshake::Outcome;
 pub use relay::End;

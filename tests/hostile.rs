@@ -44,20 +44,6 @@ async fn still_serves(addr: std::net::SocketAddr) {
     assert_eq!(v, 42);
 }
 
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608u32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_get_a_protocol_error() {
     let proxy = proxy("").await;
@@ -168,44 +154,6 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls_configured() {
         e.message.contains("unsupported frontend protocol 2.0"),
         "{e:?}"
     );
-}
-
-/// Logs in as the MD5 user over a raw socket and returns the socket, ready for queries.
-async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(&startup_packet(&[("user", "pgm_md5"), ("database", "app")]))
-        .await
-        .unwrap();
-    let mut head = [0u8; 13];
-    s.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head[..9], &[b'R', 0, 0, 0, 12, 0, 0, 0, 5], "MD5 request");
-    let salt: [u8; 4] = head[9..13].try_into().unwrap();
-    let hash =
-        postgres_protocol::authentication::md5_hash(b"pgm_md5", MD5_PASSWORD.as_bytes(), salt);
-    let mut msg = vec![b'p'];
-    msg.extend_from_slice(&((hash.len() + 5) as u32).to_be_bytes());
-    msg.extend_from_slice(hash.as_bytes());
-    msg.push(0);
-    s.write_all(&msg).await.unwrap();
-    // Read through ReadyForQuery.
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        while let Some(m) = frame::split_message(&mut buf, 1 << 20).unwrap() {
-            if m[0] == b'Z' {
-                return s;
-            }
-            assert_ne!(
-                m[0],
-                b'E',
-                "login failed: {:?}",
-                ErrorFields::parse(frame::body(&m))
-            );
-        }
-        assert!(
-            s.read_buf(&mut buf).await.unwrap() > 0,
-            "closed during login"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -436,3 +436,164 @@ async fn hints_and_transactions() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(served_by(&c, "select inet_server_port()").await, p);
 }
+
+/// A user function that writes looks like a read; the replica refuses it (25006) and the
+/// proxy re-runs it on the primary before the client sees anything, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_replica_refuses_are_rerun_on_the_primary() {
+    let t = table("sn");
+    setup(&format!(
+        "create table {t} (x int); grant all on {t} to app;
+         create or replace function pgm_writer_{t}() returns int language sql volatile
+           as 'insert into {t} values (1) returning 1';"
+    ))
+    .await;
+    let proxy = proxy_ready("").await;
+    let c = connect(proxy.addr).await;
+    let call = format!("select pgm_writer_{t}()");
+    c.simple_query(&call)
+        .await
+        .expect("simple protocol: retried on the primary");
+    let v: i32 = c
+        .query_one(call.as_str(), &[])
+        .await
+        .expect("extended protocol")
+        .get(0);
+    assert_eq!(v, 1);
+    for _ in 0..3 {
+        c.simple_query(&call).await.unwrap();
+    }
+    let n: i64 = superuser("app")
+        .await
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "each call wrote exactly once");
+    // Reads around it still use replicas once the write has replicated.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_ne!(
+        served_by(&c, "select inet_server_port()").await,
+        primary_port()
+    );
+}
+
+/// asyncpg prepares with Parse/Describe/Flush and waits for the answer before sending Sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_describe_flush_is_answered_before_sync() {
+    use bytes::{BufMut, BytesMut};
+    use pgmeridian::protocol::frame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = proxy_ready("").await;
+    let mut s = raw_login(proxy.addr).await;
+    let msg = |tag: u8, body: &[u8]| {
+        let mut m = BytesMut::new();
+        m.put_u8(tag);
+        m.put_u32(body.len() as u32 + 4);
+        m.put_slice(body);
+        m
+    };
+    let mut out = BytesMut::new();
+    out.unsplit(msg(
+        b'P',
+        b"st1\0select inet_server_port(), $1::int + 1\0\0\0",
+    ));
+    out.unsplit(msg(b'D', b"Sst1\0"));
+    out.unsplit(msg(b'H', b""));
+    s.write_all(&out).await.unwrap();
+    // ParseComplete, ParameterDescription, RowDescription arrive without a Sync.
+    let mut buf = BytesMut::new();
+    let mut tags = Vec::new();
+    while tags.len() < 3 {
+        match frame::split_message(&mut buf, 1 << 20).unwrap() {
+            Some(m) => tags.push(m[0]),
+            None => {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+                    .await
+                    .expect("answer to Flush arrives before any Sync")
+                    .unwrap();
+                assert!(n > 0);
+            }
+        }
+    }
+    assert_eq!(tags, [b'1', b't', b'T']);
+    // Then Bind/Execute/Sync on the prepared statement.
+    let mut out = BytesMut::new();
+    out.unsplit(msg(b'B', b"\0st1\0\0\0\0\x01\0\0\0\x0241\0\0"));
+    out.unsplit(msg(b'E', b"\0\0\0\0\0"));
+    out.unsplit(msg(b'S', b""));
+    s.write_all(&out).await.unwrap();
+    let mut tags = Vec::new();
+    loop {
+        match frame::split_message(&mut buf, 1 << 20).unwrap() {
+            Some(m) => {
+                tags.push(m[0]);
+                if m[0] == b'Z' {
+                    break;
+                }
+            }
+            None => assert!(s.read_buf(&mut buf).await.unwrap() > 0),
+        }
+    }
+    assert_eq!(tags, [b'2', b'D', b'C', b'Z']);
+}
+
+/// Pipelined batches alternating between replica reads and primary writes: answers come back
+/// complete and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_to_different_backends_are_serialized() {
+    let t = table("pipe");
+    setup(&format!(
+        "create table {t} (id int, v int); grant all on {t} to app;"
+    ))
+    .await;
+    let proxy = proxy_ready("").await;
+    let c = connect(proxy.addr).await;
+    let read = c
+        .prepare("select $1::int, inet_server_port()")
+        .await
+        .unwrap();
+    let write = c
+        .prepare(&format!("insert into {t} values ($1, $1)"))
+        .await
+        .unwrap();
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let futures = (0..30i32).map(|i| {
+            let (c, read, write) = (&c, &read, &write);
+            async move {
+                if i % 10 == 5 {
+                    c.execute(write, &[&i]).await.map(|_| (i, -1))
+                } else {
+                    c.query_one(read, &[&i])
+                        .await
+                        .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+                }
+            }
+        });
+        let results: Vec<(i32, i32)> = futures_util::future::join_all(futures)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for (i, (v, port)) in results.iter().enumerate() {
+            if i % 10 != 5 {
+                assert_eq!(*v, i as i32, "round {round}: answer {i} out of order");
+                if i < 5 {
+                    assert_ne!(
+                        *port,
+                        primary_port(),
+                        "round {round}: reads before the first write use a replica"
+                    );
+                }
+            }
+        }
+    }
+    let n: i64 = superuser("app")
+        .await
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 15);
+}

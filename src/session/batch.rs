@@ -19,6 +19,8 @@ pub struct Statement {
     pub hint: Option<Hint>,
     /// Hash of the Parse message body (name, SQL, parameter types): identity on a backend.
     pub hash: u64,
+    /// Hash of the SQL text alone.
+    pub shape: u64,
     /// The client's original Parse message, replayed on backends that lack the statement.
     pub parse: Bytes,
     pub sql: Arc<str>,
@@ -37,7 +39,7 @@ impl Statements {
 }
 
 /// Client messages up to a Sync, Query, FunctionCall or Flush, and what they amount to.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub bytes: BytesMut,
     /// Combined class of everything the batch executes (Empty if it only prepares/describes).
@@ -54,6 +56,55 @@ pub struct Batch {
     pub simple_query: bool,
     /// A session setting the batch executes, and the SQL to replay it elsewhere.
     pub setting: Option<(Setting, Arc<str>)>,
+    /// Hashes of the SQL texts the batch executes (to learn them as writes).
+    pub shapes: Vec<u64>,
+}
+
+/// SQL texts a replica refused as writes although they classified as reads (a user function
+/// that writes, say): later runs of the same text go to the primary. Shared by all sessions.
+#[derive(Debug, Default)]
+pub struct LearnedWrites {
+    set: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// Lock-free fast path: nothing learned yet.
+    any: std::sync::atomic::AtomicBool,
+}
+
+/// Bound on remembered shapes; past it nothing more is learned (the safety net still works).
+const LEARNED_MAX: usize = 10_000;
+
+impl LearnedWrites {
+    pub fn contains(&self, shape: u64) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .set
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&shape)
+    }
+
+    pub fn learn(&self, shape: u64) {
+        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        if set.len() < LEARNED_MAX {
+            set.insert(shape);
+            self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Classifies `sql`, overriding a read with Write when replicas have refused this text before.
+fn classify_learned(
+    sql: &str,
+    writes: &WriteFunctions,
+    learned: &LearnedWrites,
+) -> (crate::classify::Classified, u64) {
+    let mut c = classify(sql, writes);
+    let shape = hash_of(sql.as_bytes());
+    if matches!(c.class, Class::Read | Class::Empty | Class::Begin { .. })
+        && learned.contains(shape)
+    {
+        c.class = Class::Write;
+    }
+    (c, shape)
 }
 
 impl Batch {
@@ -104,13 +155,15 @@ pub fn add(
     statements: &mut Statements,
     msg: BytesMut,
     writes: &WriteFunctions,
+    learned: &LearnedWrites,
 ) -> Result<Step, String> {
     let body = frame::body(&msg);
     let step = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
             let sql = std::str::from_utf8(sql).unwrap_or("");
-            let c = classify(sql, writes);
+            let (c, shape) = classify_learned(sql, writes, learned);
+            batch.shapes.push(shape);
             if let Class::Session(s) = &c.class {
                 batch.setting = Some((s.clone(), Arc::from(sql)));
             }
@@ -129,12 +182,13 @@ pub fn add(
             let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
             let name = String::from_utf8_lossy(name).into_owned();
             let sql: Arc<str> = Arc::from(std::str::from_utf8(sql).unwrap_or(""));
-            let c = classify(&sql, writes);
+            let (c, shape) = classify_learned(&sql, writes, learned);
             let hash = hash_of(body);
             let stmt = Statement {
                 class: c.class,
                 hint: c.hint,
                 hash,
+                shape,
                 parse: Bytes::copy_from_slice(&msg),
                 sql,
             };
@@ -154,6 +208,7 @@ pub fn add(
                         batch.setting = Some((setting.clone(), s.sql.clone()));
                     }
                     let (class, hint) = (s.class.clone(), s.hint);
+                    batch.shapes.push(s.shape);
                     batch.add_class(&class, hint);
                 }
                 // Unknown to us: let the primary answer (it will report the error).
@@ -245,6 +300,42 @@ mod tests {
         m
     }
 
+    fn add_(
+        b: &mut Batch,
+        st: &mut Statements,
+        m: BytesMut,
+        w: &WriteFunctions,
+    ) -> Result<Step, String> {
+        add(b, st, m, w, &LearnedWrites::default())
+    }
+
+    #[test]
+    fn learned_shapes_turn_reads_into_writes() {
+        let w = WriteFunctions::default();
+        let learned = LearnedWrites::default();
+        let q = msg(b'Q', &[b"select my_writer()\0"]);
+        let mut b = Batch::default();
+        add(&mut b, &mut Statements::default(), q.clone(), &w, &learned).unwrap();
+        assert_eq!(b.class, Some(Class::Read));
+        learned.learn(b.shapes[0]);
+        let mut b = Batch::default();
+        add(&mut b, &mut Statements::default(), q, &w, &learned).unwrap();
+        assert_eq!(b.class, Some(Class::Write));
+        // Extended protocol: the same text prepared is a write too.
+        let mut b = Batch::default();
+        let mut st = Statements::default();
+        add(
+            &mut b,
+            &mut st,
+            parse("", "select my_writer()"),
+            &w,
+            &learned,
+        )
+        .unwrap();
+        add(&mut b, &mut st, bind(""), &w, &learned).unwrap();
+        assert_eq!(b.class, Some(Class::Write));
+    }
+
     fn parse(name: &str, sql: &str) -> BytesMut {
         msg(
             b'P',
@@ -262,23 +353,23 @@ mod tests {
         let mut st = Statements::default();
         let mut b = Batch::default();
         assert_eq!(
-            add(&mut b, &mut st, parse("s1", "select 1"), &w),
+            add_(&mut b, &mut st, parse("s1", "select 1"), &w),
             Ok(Step::Continue)
         );
-        assert_eq!(add(&mut b, &mut st, bind("s1"), &w), Ok(Step::Continue));
+        assert_eq!(add_(&mut b, &mut st, bind("s1"), &w), Ok(Step::Continue));
         assert_eq!(
-            add(&mut b, &mut st, msg(b'E', &[b"\0", &[0, 0, 0, 0]]), &w),
+            add_(&mut b, &mut st, msg(b'E', &[b"\0", &[0, 0, 0, 0]]), &w),
             Ok(Step::Continue)
         );
-        assert_eq!(add(&mut b, &mut st, msg(b'S', &[]), &w), Ok(Step::Send));
+        assert_eq!(add_(&mut b, &mut st, msg(b'S', &[]), &w), Ok(Step::Send));
         assert_eq!(b.class, Some(Class::Read));
         assert!(b.completes && b.uses.is_empty());
         assert_eq!(b.parses.len(), 1);
 
         // A later batch that only binds s1 needs it on its backend.
         let mut b2 = Batch::default();
-        add(&mut b2, &mut st, bind("s1"), &w).unwrap();
-        add(&mut b2, &mut st, msg(b'S', &[]), &w).unwrap();
+        add_(&mut b2, &mut st, bind("s1"), &w).unwrap();
+        add_(&mut b2, &mut st, msg(b'S', &[]), &w).unwrap();
         assert_eq!(b2.uses, vec!["s1".to_owned()]);
         assert_eq!(b2.class, Some(Class::Read));
     }
@@ -288,9 +379,9 @@ mod tests {
         let w = WriteFunctions::default();
         let mut st = Statements::default();
         let mut b = Batch::default();
-        add(&mut b, &mut st, parse("s", "insert into t values (1)"), &w).unwrap();
-        add(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
-        assert_eq!(add(&mut b, &mut st, msg(b'H', &[]), &w), Ok(Step::Send));
+        add_(&mut b, &mut st, parse("s", "insert into t values (1)"), &w).unwrap();
+        add_(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
+        assert_eq!(add_(&mut b, &mut st, msg(b'H', &[]), &w), Ok(Step::Send));
         assert_eq!(b.class, Some(Class::Empty));
         assert!(!b.completes);
         assert!(
@@ -324,7 +415,7 @@ mod tests {
         let w = WriteFunctions::default();
         let mut st = Statements::default();
         let mut b = Batch::default();
-        add(&mut b, &mut st, bind("nope"), &w).unwrap();
+        add_(&mut b, &mut st, bind("nope"), &w).unwrap();
         assert_eq!(b.class, Some(Class::Unknown));
     }
 
@@ -338,7 +429,7 @@ mod tests {
             msg(b'Q', &[b"x"]),
             msg(b'Z', &[]),
         ] {
-            assert!(add(&mut Batch::default(), &mut st, m, &w).is_err());
+            assert!(add_(&mut Batch::default(), &mut st, m, &w).is_err());
         }
     }
 

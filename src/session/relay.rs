@@ -38,6 +38,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const BATCH_FORWARD_BYTES: usize = 64 * 1024;
 /// Inspected backend messages (ReadyForQuery, errors) larger than this pass uninspected.
 const INSPECT_LIMIT: usize = 1 << 20;
+/// Replica answers held back while a retry on the primary is still possible; past this much
+/// (rows are flowing) they are released and the statement is committed to the replica.
+const TENTATIVE_LIMIT: usize = 64 * 1024;
 /// How long a closing session may spend flushing its last bytes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,6 +84,11 @@ struct Pending {
     wrote: bool,
     setting: Option<(Setting, Arc<str>)>,
     errored: bool,
+    /// An autocommit batch on a replica: kept so that, if the replica refuses it as a write
+    /// before anything reached the client, it can be re-run on the primary.
+    retry: Option<Box<Batch>>,
+    /// The replica refused it; its answers up to ReadyForQuery are swallowed.
+    retrying: bool,
 }
 
 struct BackendSide {
@@ -103,6 +111,8 @@ struct BackendSide {
     prepared: std::collections::HashMap<String, u64>,
     /// `Settings::version` this backend has applied.
     settings_version: u64,
+    /// Answers to a retryable batch, held until it is clear they can be forwarded.
+    tentative: BytesMut,
 }
 
 impl BackendSide {
@@ -123,6 +133,7 @@ impl BackendSide {
             sent_fatal: false,
             prepared: Default::default(),
             settings_version,
+            tentative: BytesMut::new(),
         }
     }
 
@@ -207,6 +218,8 @@ struct Relay<'s> {
     /// The backend with work in flight; batches for the other one wait.
     active: Option<Slot>,
     held: Option<Held>,
+    /// A batch that was held when a retry jumped ahead of it.
+    held_after_retry: Option<Held>,
     batch: Batch,
     statements: Statements,
     settings: Settings,
@@ -246,6 +259,7 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         replica: None,
         active: None,
         held: None,
+        held_after_retry: None,
         batch: Batch::default(),
         statements: Statements::default(),
         settings: Settings::default(),
@@ -384,10 +398,15 @@ impl Relay<'_> {
                 tag::TERMINATE => return Err(End::ClientTerminated),
                 _ => {
                     let writes = &self.topology.write_functions;
-                    let step = batch::add(&mut self.batch, &mut self.statements, msg, writes)
-                        .map_err(|e| {
-                            End::ClientError(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e))
-                        })?;
+                    let learned = &self.shared.learned_writes;
+                    let step =
+                        batch::add(&mut self.batch, &mut self.statements, msg, writes, learned)
+                            .map_err(|e| {
+                                End::ClientError(ClientError::fatal(
+                                    sqlstate::PROTOCOL_VIOLATION,
+                                    e,
+                                ))
+                            })?;
                     if step == batch::Step::Send {
                         self.dispatch().await?;
                     }
@@ -577,6 +596,9 @@ impl Relay<'_> {
         }
         self.prepare(slot, &batch).await?;
         self.send(slot, batch, reason);
+        if self.held.is_none() {
+            self.held = self.held_after_retry.take();
+        }
         Ok(())
     }
 
@@ -749,9 +771,17 @@ impl Relay<'_> {
             class,
             Class::Begin { .. } | Class::Write | Class::Unknown | Class::Pin(_)
         );
+        let autocommit = self.route.txn == TxnStatus::Idle && !self.txn_may_be_opening;
         let Some(b) = self.slot(slot).as_mut() else {
             return;
         };
+        let retry = (slot == Slot::Replica
+            && autocommit
+            && batch.completes
+            && !b.open_batch
+            && b.pending.is_empty()
+            && !matches!(class, Class::Begin { .. }))
+        .then(|| Box::new(batch.clone()));
         tracing::debug!(reason = reason.as_str(), node = %b.node, bytes = batch.bytes.len(), "routed batch");
         for (name, hash) in &batch.parses {
             b.prepared.insert(name.clone(), *hash);
@@ -768,6 +798,8 @@ impl Relay<'_> {
                 wrote,
                 setting: batch.setting,
                 errored: false,
+                retry,
+                retrying: false,
             });
             b.open_batch = false;
         } else {
@@ -823,6 +855,17 @@ impl Relay<'_> {
                     return Ok(());
                 }
                 Step::Forward(n) if !solicited => b.inbuf.advance(n),
+                Step::Forward(n) if b.pending.front().is_some_and(|p| p.retry.is_some()) => {
+                    b.tentative.extend_from_slice(&b.inbuf[..n]);
+                    b.inbuf.advance(n);
+                    if b.tentative.len() > TENTATIVE_LIMIT {
+                        // Rows are flowing: this statement stays on the replica.
+                        if let Some(p) = b.pending.front_mut() {
+                            p.retry = None;
+                        }
+                        self.to_client.unsplit(b.tentative.split());
+                    }
+                }
                 Step::Forward(n) if self.to_client.is_empty() && n == b.inbuf.len() => {
                     // Bulk rows: hand the whole buffer over instead of copying it.
                     std::mem::swap(&mut self.to_client, &mut b.inbuf);
@@ -842,24 +885,54 @@ impl Relay<'_> {
     fn on_backend_message(&mut self, slot: Slot, solicited: bool, msg: &[u8]) {
         let tag = msg[0];
         let body = frame::body(msg);
-        let Some(b) = self.slot(slot).as_mut() else {
-            return;
+        let b = match slot {
+            Slot::Primary => self.primary.as_mut(),
+            Slot::Replica => self.replica.as_mut(),
         };
+        let Some(b) = b else { return };
+        let tentative = b.pending.front().is_some_and(|p| p.retry.is_some());
         match tag {
             btag::ERROR_RESPONSE => {
                 let fields = ErrorFields::parse(body);
                 b.sent_fatal = fields.as_ref().is_some_and(ErrorFields::is_fatal);
-                if let Some(p) = b.pending.front_mut() {
-                    p.errored = true;
-                }
                 if !solicited {
                     tracing::debug!(node = %b.node, error = ?fields, "unsolicited error from an idle backend");
                     return;
+                }
+                let refused_write = fields
+                    .as_ref()
+                    .is_some_and(|f| f.code == "25006" || f.message.contains("during recovery"));
+                let alone = b.pending.len() == 1 && b.outbuf.is_empty();
+                if let Some(p) = b.pending.front_mut() {
+                    p.errored = true;
+                    if tentative && refused_write && alone {
+                        tracing::info!(node = %b.node, error = ?fields, "replica refused a statement as a write; re-running it on the primary");
+                        p.retrying = true;
+                        b.tentative.clear();
+                        return;
+                    }
                 }
             }
             btag::READY_FOR_QUERY if solicited => {
                 let status = TxnStatus::from_ready_body(body).unwrap_or_default();
                 let pending = b.pending.pop_front();
+                if let Some(p) = pending.as_ref().filter(|p| p.retrying) {
+                    let retry = p.retry.clone();
+                    if let Some(batch) = retry {
+                        for shape in &batch.shapes {
+                            self.shared.learned_writes.learn(*shape);
+                        }
+                        self.held_after_retry = self.held.take();
+                        self.held = Some(Held::Forward {
+                            batch: *batch,
+                            slot: Slot::Primary,
+                            reason: Reason::ReadonlyRetry,
+                            replica: None,
+                        });
+                    }
+                    return;
+                }
+                self.to_client.unsplit(b.tentative.split());
                 self.to_client.extend_from_slice(msg);
                 self.on_ready(slot, status, pending);
                 return;
@@ -867,7 +940,11 @@ impl Relay<'_> {
             btag::READY_FOR_QUERY => return,
             _ => {}
         }
-        self.to_client.extend_from_slice(msg);
+        if tentative {
+            b.tentative.extend_from_slice(msg);
+        } else {
+            self.to_client.extend_from_slice(msg);
+        }
     }
 
     /// A ReadyForQuery from `slot`: transaction state, read-your-writes and settings bookkeeping.
