@@ -113,14 +113,19 @@ fn print_banner(c: &LocalCluster, proxy: &Proxy) {
     println!("  psql 'postgres://app:{DEMO_PASSWORD}@127.0.0.1:{port}/app?sslmode=disable'");
     println!();
     println!("Things to try:");
-    println!("  1. a write, then a read of it:");
+    println!(
+        "  1. a write, then reads of it: the read right after the write is served by the primary"
+    );
+    println!("     (the replicas have not replayed it yet), a read a second later by a replica:");
     println!("     psql 'postgres://app:{DEMO_PASSWORD}@127.0.0.1:{port}/app?sslmode=disable' \\");
-    println!("       -c \"insert into visits (city) values ('Lisbon')\" -c 'select city, inet_server_port() from visits order by id'");
-    println!("  2. cancel a long query with Ctrl-C inside psql: select pg_sleep(30);");
-    println!("  3. see what the proxy reports: PGMERIDIAN_LOG=debug shows each routed batch.");
-    println!();
-    println!("Today every statement is served by the primary: read/write splitting, GeoIP routing");
-    println!("and the /metrics endpoint are being built (see README \"Status\").");
+    println!("       -c \"insert into visits (city) values ('Lisbon')\" \\");
+    println!(
+        "       -c 'select count(*), inet_server_port() from visits' -c 'select pg_sleep(1)' \\"
+    );
+    println!("       -c 'select count(*), inet_server_port() from visits'");
+    println!("  2. steer a session: SET pgmeridian.route = primary (or replica, auto), or start a");
+    println!("     statement with /* pgmeridian:primary */; BEGIN READ ONLY runs on a replica.");
+    println!("  3. watch every routing decision and its reason: run the demo with PGMERIDIAN_LOG=pgmeridian=debug");
     println!();
     println!("Press Ctrl-C to stop and remove everything.");
 }
