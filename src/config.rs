@@ -140,6 +140,10 @@ pub struct Health {
     pub timeout: Duration,
     /// The configured user the probes log in as; default: the first of `users`.
     pub user: Option<String>,
+    /// Consecutive failed probes that mark a node down.
+    pub fall: u32,
+    /// Consecutive good probes that mark a down node up again.
+    pub rise: u32,
 }
 
 impl Default for Health {
@@ -148,6 +152,8 @@ impl Default for Health {
             interval: Duration::from_millis(50),
             timeout: Duration::from_secs(2),
             user: None,
+            fall: 3,
+            rise: 2,
         }
     }
 }

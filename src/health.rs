@@ -3,6 +3,7 @@
 //! `health/probe.rs`.
 
 pub mod probe;
+pub mod tracker;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -142,6 +142,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "interval and timeout must be greater than 0s",
         ));
     }
+    if h.fall == 0 || h.rise == 0 {
+        p.push(Problem::new("health", "fall and rise must be at least 1"));
+    }
     if let Some(u) = &h.user {
         if !config.users.iter().any(|x| &x.name == u) {
             p.push(Problem::new(

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use tokio::task::JoinSet;
 
+use super::tracker::Tracker;
 use super::{parse_lsn, ClusterHealth, NodeHealth, PrimaryHistory};
 use crate::app::Shared;
 use crate::backend::{self, BackendConn};
@@ -46,10 +47,17 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
     let mut conns: Vec<Option<BackendConn>> = nodes.iter().map(|_| None).collect();
     let mut history = PrimaryHistory::new(Duration::from_secs(120));
     let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
-    let (interval, timeout) = {
+    let (interval, timeout, fall, rise) = {
         let t = shared.topology.load();
-        (t.health.interval, t.health.timeout)
+        (
+            t.health.interval,
+            t.health.timeout,
+            t.health.fall,
+            t.health.rise,
+        )
     };
+    let mut trackers: Vec<Tracker> = nodes.iter().map(|_| Tracker::new(fall, rise)).collect();
+    let mut last: Vec<NodeHealth> = nodes.iter().map(|_| NodeHealth::default()).collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,6 +86,22 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
         }
         let now = Instant::now();
         let mut folded = fold(&samples, &mut history, now);
+        for (i, node) in nodes.iter().enumerate() {
+            let h = if i == 0 {
+                &mut folded.primary
+            } else {
+                &mut folded.replicas[i - 1]
+            };
+            if let Some(state) = trackers[i].observe(samples[i].is_some()) {
+                tracing::info!(node = %node, ?state, "node state changed");
+            }
+            if samples[i].is_none() && trackers[i].is_up() {
+                // One missed probe within `fall`: keep what we last knew.
+                *h = last[i].clone();
+            }
+            h.up = trackers[i].is_up();
+            last[i] = h.clone();
+        }
         if let (Some(false), Some(lsn), Some(at)) = (
             folded.primary.in_recovery,
             folded.primary.lsn,
