@@ -43,6 +43,14 @@ impl ClientError {
         }
     }
 
+    /// An ERROR: the session goes on.
+    pub fn error(code: impl Into<String>, message: impl Into<String>) -> ClientError {
+        ClientError {
+            fatal: false,
+            ..ClientError::fatal(code, message)
+        }
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> ClientError {
         self.detail = Some(detail.into());
         self

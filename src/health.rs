@@ -45,6 +45,38 @@ pub struct ClusterHealth {
 /// How long primary samples are kept for resolving read-your-writes requirements.
 pub const PRIMARY_SAMPLES_KEPT: Duration = Duration::from_secs(10);
 
+/// Which node acts as the primary, as the probes see it (whatever the YAML listed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryView {
+    /// No node has answered a probe yet: assume the configured primary.
+    Unknown,
+    /// Exactly one node is up and not in recovery: 0 is the configured primary, `i + 1` is
+    /// `replicas[i]` (promoted).
+    One(usize),
+    /// No reachable node is out of recovery.
+    None,
+    /// Several nodes claim to be primary (split brain): writes are refused until it resolves.
+    Conflict,
+}
+
+impl ClusterHealth {
+    pub fn primary_view(&self) -> PrimaryView {
+        let nodes = std::iter::once(&self.primary).chain(&self.replicas);
+        if nodes.clone().all(|n| n.in_recovery.is_none() && !n.up) {
+            return PrimaryView::Unknown;
+        }
+        let mut found = nodes
+            .enumerate()
+            .filter(|(_, n)| n.up && n.in_recovery == Some(false))
+            .map(|(i, _)| i);
+        match (found.next(), found.next()) {
+            (None, _) => PrimaryView::None,
+            (Some(i), None) => PrimaryView::One(i),
+            (Some(_), Some(_)) => PrimaryView::Conflict,
+        }
+    }
+}
+
 /// Every cluster's observed state, keyed by cluster name.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -161,6 +193,48 @@ mod tests {
         assert_eq!(
             h.lag_of(0, t0 + Duration::from_secs(5)),
             Some(Duration::from_millis(5000 - 3800))
+        );
+    }
+
+    #[test]
+    fn primary_is_whichever_node_is_out_of_recovery() {
+        let primary = NodeHealth {
+            up: true,
+            in_recovery: Some(false),
+            ..Default::default()
+        };
+        let standby = NodeHealth {
+            up: true,
+            in_recovery: Some(true),
+            ..Default::default()
+        };
+        let down = NodeHealth {
+            up: false,
+            in_recovery: Some(false), // last known, but down
+            ..Default::default()
+        };
+        let view = |p: &NodeHealth, r: &[&NodeHealth]| {
+            ClusterHealth {
+                primary: p.clone(),
+                replicas: r.iter().map(|n| (*n).clone()).collect(),
+                primary_samples: vec![],
+            }
+            .primary_view()
+        };
+        let never = NodeHealth::default();
+        assert_eq!(view(&never, &[&never]), PrimaryView::Unknown);
+        assert_eq!(view(&primary, &[&standby, &standby]), PrimaryView::One(0));
+        assert_eq!(
+            view(&down, &[&standby, &primary]),
+            PrimaryView::One(2),
+            "promoted replica"
+        );
+        assert_eq!(view(&down, &[&standby, &standby]), PrimaryView::None);
+        assert_eq!(view(&primary, &[&primary, &standby]), PrimaryView::Conflict);
+        assert_eq!(
+            view(&never, &[&standby]),
+            PrimaryView::None,
+            "primary never answered"
         );
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::classify::{Class, Hint};
 use crate::config::{NoEligibleReplica, Region, Routing};
-use crate::health::{ClusterHealth, NodeHealth};
+use crate::health::{ClusterHealth, NodeHealth, PrimaryView};
 use crate::protocol::backend::TxnStatus;
 use crate::topology::ClusterSpec;
 
@@ -39,6 +39,12 @@ pub enum Reason {
     StickySessionFeature,
     /// A replica refused the statement as a write; it was re-run on the primary.
     ReadonlyRetry,
+    /// A replica connection broke before any answer reached the client; the read went elsewhere.
+    ReadRetry,
+    /// Refused: no reachable node is out of recovery.
+    NoPrimary,
+    /// Refused: more than one node claims to be the primary.
+    PrimaryConflict,
 }
 
 impl Reason {
@@ -53,6 +59,9 @@ impl Reason {
             Reason::NoReplicaFallback => "no_replica_fallback",
             Reason::StickySessionFeature => "sticky_session_feature",
             Reason::ReadonlyRetry => "readonly_retry",
+            Reason::ReadRetry => "read_retry",
+            Reason::NoPrimary => "no_primary",
+            Reason::PrimaryConflict => "primary_conflict",
         }
     }
 }
@@ -117,6 +126,8 @@ pub struct SessionRoute {
     /// `default_transaction_read_only` is on for this session.
     pub default_read_only: bool,
     pub requirement: Requirement,
+    /// A replica to leave out of this decision (its connection just broke).
+    pub avoid: Option<usize>,
 }
 
 pub struct RouteInput<'a> {
@@ -133,10 +144,17 @@ pub struct RouteInput<'a> {
     pub now: Instant,
 }
 
-const PRIMARY_FOR_WRITE: Decision = Decision::Route {
-    target: Target::Primary,
-    reason: Reason::Write,
-};
+/// Writes (and everything else that needs the primary) go there if exactly one node is it.
+fn primary_for(input: &RouteInput, reason: Reason) -> Decision {
+    match input.health.map(|h| h.primary_view()) {
+        Some(PrimaryView::None) => Decision::Refuse(Reason::NoPrimary),
+        Some(PrimaryView::Conflict) => Decision::Refuse(Reason::PrimaryConflict),
+        _ => Decision::Route {
+            target: Target::Primary,
+            reason,
+        },
+    }
+}
 
 pub fn decide(input: &RouteInput) -> Decision {
     let s = input.session;
@@ -147,19 +165,11 @@ pub fn decide(input: &RouteInput) -> Decision {
         };
     }
     if s.pinned || matches!(input.class, Class::Pin(_)) {
-        return Decision::Route {
-            target: Target::Primary,
-            reason: Reason::StickySessionFeature,
-        };
+        return primary_for(input, Reason::StickySessionFeature);
     }
     let hint = input.hint.or(s.route_override).filter(|h| *h != Hint::Auto);
     match hint {
-        Some(Hint::Primary) => {
-            return Decision::Route {
-                target: Target::Primary,
-                reason: Reason::Hint,
-            }
-        }
+        Some(Hint::Primary) => return primary_for(input, Reason::Hint),
         Some(Hint::Replica) if is_movable(input.class) => {
             // The client accepts staleness up to the lag budget, but not writes on a replica.
             return match best_replica(input, Requirement::None) {
@@ -178,7 +188,7 @@ pub fn decide(input: &RouteInput) -> Decision {
         _ => false,
     };
     if !read {
-        return PRIMARY_FOR_WRITE;
+        return primary_for(input, Reason::Write);
     }
     match best_replica(input, s.requirement) {
         Ok(i) => Decision::Route {
@@ -204,10 +214,9 @@ fn is_movable(class: &Class) -> bool {
 fn fallback(input: &RouteInput, reason: Reason) -> Decision {
     match (input.policy.no_eligible_replica, reason) {
         // Waiting for our own write to replicate is normal: always the primary.
-        (_, Reason::PinnedAfterWrite) | (NoEligibleReplica::Primary, _) => Decision::Route {
-            target: Target::Primary,
-            reason,
-        },
+        (_, Reason::PinnedAfterWrite) | (NoEligibleReplica::Primary, _) => {
+            primary_for(input, reason)
+        }
         (NoEligibleReplica::Error, _) => Decision::Refuse(reason),
     }
 }
@@ -229,7 +238,7 @@ fn best_replica(input: &RouteInput, need: Requirement) -> Result<usize, Reason> 
         .zip(&health.replicas)
         .enumerate()
     {
-        if !(h.up && h.in_recovery == Some(true)) {
+        if !(h.up && h.in_recovery == Some(true)) || input.session.avoid == Some(i) {
             continue;
         }
         if !h.serves_reads(max_lag) {

@@ -522,7 +522,11 @@ async fn backend_tls_modes() {
         proxy.shutdown().await;
     }
     // verify-full by IP address, which the certificate (issued for localhost) does not carry.
-    let yaml = config_yaml_with(c, &format!(", tls: verify-full, tls_ca: {ca}"), "");
+    let yaml = without_replicas(&config_yaml_with(
+        c,
+        &format!(", tls: verify-full, tls_ca: {ca}"),
+        "",
+    ));
     let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
     let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
     let err = refused(
@@ -569,10 +573,12 @@ async fn unreachable_and_silent_backends_fail_with_08006() {
         (closed, "could not connect to app/primary"),
         (silent_port, "timed out connecting to app/primary"),
     ] {
-        let yaml = config_yaml(c, "limits: { connect_timeout: 500ms }\n").replacen(
-            &format!("port: {}, region: us-east", c.primary.port),
-            &format!("port: {port}, region: us-east"),
-            1,
+        let yaml = without_replicas(
+            &config_yaml(c, "limits: { connect_timeout: 500ms }\n").replacen(
+                &format!("port: {}, region: us-east", c.primary.port),
+                &format!("port: {port}, region: us-east"),
+                1,
+            ),
         );
         let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
         let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();

@@ -423,7 +423,9 @@ async fn hints_and_transactions() {
     c.batch_execute("begin").await.unwrap();
     assert_eq!(served_by(&c, "select inet_server_port()").await, p);
     c.batch_execute("commit").await.unwrap();
-    // A read-only transaction runs on one replica.
+    // A read-only transaction runs on one replica (once the read-write transaction above,
+    // which may have written, has replicated).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     c.batch_execute("begin read only").await.unwrap();
     let first = served_by(&c, "select inet_server_port()").await;
     assert_ne!(first, p);

@@ -356,7 +356,7 @@ fn decision_table() {
             want: route(Target::Replica(0), Reason::ReadNearest),
         },
         Case {
-            name: "a promoted replica (not in recovery) serves no reads",
+            name: "a second node out of recovery while the primary is up: split brain, refused",
             class: Class::Read,
             hint: None,
             session: s,
@@ -368,7 +368,7 @@ fn decision_table() {
                 NodeHealth::default(),
             ]),
             policy: NoEligibleReplica::Primary,
-            want: route(Target::Primary, Reason::NoReplicaFallback),
+            want: Decision::Refuse(Reason::PrimaryConflict),
         },
         Case {
             name: "no health published yet: primary",
@@ -399,6 +399,84 @@ fn decision_table() {
             now: t0 + Duration::from_millis(1),
         };
         assert_eq!(decide(&input), case.want, "{}", case.name);
+    }
+}
+
+#[test]
+fn writes_follow_the_observed_primary_and_fail_fast_without_one() {
+    let t0 = Instant::now();
+    let c = cluster();
+    let policy = Routing::default();
+    let s = SessionRoute::default();
+    let down = NodeHealth::default();
+    let standby = replica(1000, 10);
+    let promoted = NodeHealth {
+        in_recovery: Some(false),
+        ..replica(1000, 0)
+    };
+    let cases = [
+        (
+            "primary down, replicas up: writes refused",
+            vec![standby.clone(), standby.clone()],
+            false,
+            Class::Write,
+            Decision::Refuse(Reason::NoPrimary),
+        ),
+        (
+            "primary down: reads go on from replicas",
+            vec![standby.clone(), standby.clone()],
+            false,
+            Class::Read,
+            route(Target::Replica(1), Reason::ReadNearest),
+        ),
+        (
+            "primary down, no replica: reads refused too",
+            vec![down.clone(), down.clone()],
+            false,
+            Class::Read,
+            Decision::Refuse(Reason::NoPrimary),
+        ),
+        (
+            "a promoted replica is the primary",
+            vec![promoted.clone(), standby.clone()],
+            false,
+            Class::Write,
+            route(Target::Primary, Reason::Write),
+        ),
+        (
+            "and it serves no reads as a replica",
+            vec![promoted.clone(), standby.clone()],
+            false,
+            Class::Read,
+            route(Target::Replica(1), Reason::ReadNearest),
+        ),
+        (
+            "two primaries: writes refused",
+            vec![promoted.clone(), standby.clone()],
+            true,
+            Class::Write,
+            Decision::Refuse(Reason::PrimaryConflict),
+        ),
+    ];
+    for (name, replicas, primary_up, class, want) in cases {
+        let mut h = health(replicas);
+        if !primary_up {
+            h.primary = NodeHealth {
+                up: false,
+                ..h.primary
+            };
+        }
+        let input = RouteInput {
+            class: &class,
+            hint: None,
+            session: &s,
+            cluster: &c,
+            health: Some(&h),
+            policy: &policy,
+            location: US,
+            now: t0,
+        };
+        assert_eq!(decide(&input), want, "{name}");
     }
 }
 

@@ -58,6 +58,17 @@ pub struct Batch {
     pub setting: Option<(Setting, Arc<str>)>,
     /// Hashes of the SQL texts the batch executes (to learn them as writes).
     pub shapes: Vec<u64>,
+    /// Combined class of the statements the batch Parses: decides where a batch that goes out
+    /// before its Sync (after Flush) must run, since its Bind/Execute follow it there.
+    pub parse_class: Option<Class>,
+    /// Statement definitions and removals in message order: (name, Some(hash)) for Parse,
+    /// (name, None) for Close.
+    pub statement_ops: Vec<(String, Option<u64>)>,
+    /// `DEALLOCATE` run by a simple query: `Some(None)` for ALL, `Some(Some(name))` for one.
+    pub deallocate: Option<Option<String>>,
+    /// Not an extended-protocol batch (a simple Query): its answer ends at ReadyForQuery
+    /// even around COPY.
+    pub extended: bool,
 }
 
 /// SQL texts a replica refused as writes although they classified as reads (a user function
@@ -123,7 +134,7 @@ impl Batch {
 
 /// Combines the classes of statements executed in one batch: reads stay reads; one
 /// non-read statement decides; several non-read statements are a write (pins win).
-fn combine(a: Class, b: &Class) -> Class {
+pub fn combine(a: Class, b: &Class) -> Class {
     match (a, b) {
         (Class::Pin(p), _) => Class::Pin(p),
         (_, Class::Pin(p)) => Class::Pin(*p),
@@ -164,6 +175,7 @@ pub fn add(
             let sql = std::str::from_utf8(sql).unwrap_or("");
             let (c, shape) = classify_learned(sql, writes, learned);
             batch.shapes.push(shape);
+            batch.deallocate = deallocation(sql);
             if let Class::Session(s) = &c.class {
                 batch.setting = Some((s.clone(), Arc::from(sql)));
             }
@@ -194,11 +206,18 @@ pub fn add(
             };
             batch.parses.retain(|(n, _)| *n != name);
             batch.parses.push((name.clone(), hash));
+            batch.statement_ops.push((name.clone(), Some(hash)));
+            batch.extended = true;
+            batch.parse_class = Some(match batch.parse_class.take() {
+                None => stmt.class.clone(),
+                Some(prev) => combine(prev, &stmt.class),
+            });
             statements.map.insert(name, Arc::new(stmt));
             batch.add_class(&Class::Empty, None);
             Step::Continue
         }
         tag::BIND => {
+            batch.extended = true;
             let (_portal, rest) = read_cstr(body).ok_or("malformed Bind message")?;
             let (stmt, _) = read_cstr(rest).ok_or("malformed Bind message")?;
             let stmt = String::from_utf8_lossy(stmt).into_owned();
@@ -230,6 +249,7 @@ pub fn add(
                 let (name, _) = read_cstr(rest).ok_or("malformed Close message")?;
                 let name = String::from_utf8_lossy(name).into_owned();
                 statements.map.remove(&name);
+                batch.statement_ops.push((name.clone(), None));
                 batch.closes.push(name);
             }
             batch.add_class(&Class::Empty, None);
@@ -239,12 +259,45 @@ pub fn add(
         tag::FLUSH => Step::Send,
         tag::SYNC => {
             batch.completes = true;
+            batch.extended = true;
             Step::Send
         }
         other => return Err(format!("invalid frontend message type {other}")),
     };
     batch.bytes.unsplit(msg);
     Ok(step)
+}
+
+/// `DEALLOCATE [PREPARE] {name | ALL}`: which client statement(s) it drops.
+fn deallocation(sql: &str) -> Option<Option<String>> {
+    let mut words = sql.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut next = words.next()?;
+    if next.eq_ignore_ascii_case("prepare") {
+        next = words.next()?;
+    }
+    let name = next.trim_end_matches(';');
+    if name.eq_ignore_ascii_case("all") {
+        Some(None)
+    } else if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(Some(quoted.to_owned()))
+    } else {
+        Some(Some(name.to_ascii_lowercase()))
+    }
+}
+
+impl Statements {
+    /// The client dropped statements (DEALLOCATE, DISCARD ALL).
+    pub fn drop_named(&mut self, which: &Option<String>) {
+        match which {
+            None => self.map.clear(),
+            Some(name) => {
+                self.map.remove(name);
+            }
+        }
+    }
 }
 
 fn note_use(batch: &mut Batch, name: String) {
@@ -279,7 +332,8 @@ impl Settings {
     pub fn replay_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");
         for (_, s) in &self.list {
-            sql.push_str("; ");
+            // A newline first: a recorded statement may end in a `--` comment.
+            sql.push_str("\n;\n");
             sql.push_str(s.trim().trim_end_matches(';'));
         }
         sql
@@ -420,6 +474,34 @@ mod tests {
     }
 
     #[test]
+    fn deallocate_statements() {
+        let cases = [
+            ("DEALLOCATE ALL", Some(None)),
+            ("deallocate prepare all;", Some(None)),
+            ("DEALLOCATE S1", Some(Some("s1".to_owned()))),
+            ("DEALLOCATE \"S1\"", Some(Some("S1".to_owned()))),
+            ("select 1", None),
+            ("DEALLOCATE", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(deallocation(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_flushed_prepare_is_routed_by_what_it_parses() {
+        let w = WriteFunctions::default();
+        let mut st = Statements::default();
+        let mut b = Batch::default();
+        add_(&mut b, &mut st, parse("s", "insert into t values ($1)"), &w).unwrap();
+        add_(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
+        add_(&mut b, &mut st, msg(b'H', &[]), &w).unwrap();
+        assert_eq!(b.class, Some(Class::Empty));
+        assert_eq!(b.parse_class, Some(Class::Write));
+        assert_eq!(b.statement_ops, vec![("s".to_owned(), Some(b.parses[0].1))]);
+    }
+
+    #[test]
     fn malformed_messages_are_errors_not_panics() {
         let w = WriteFunctions::default();
         let mut st = Statements::default();
@@ -445,7 +527,7 @@ mod tests {
         s.apply(&set("search_path"), &Arc::from("SET search_path = b"));
         assert_eq!(
             s.replay_sql(),
-            "RESET ALL; SET TIME ZONE 'UTC'; SET search_path = b"
+            "RESET ALL\n;\nSET TIME ZONE 'UTC'\n;\nSET search_path = b"
         );
         s.apply(
             &Setting::Reset {
@@ -453,7 +535,7 @@ mod tests {
             },
             &Arc::from("RESET timezone"),
         );
-        assert_eq!(s.replay_sql(), "RESET ALL; SET search_path = b");
+        assert_eq!(s.replay_sql(), "RESET ALL\n;\nSET search_path = b");
         s.apply(&Setting::DiscardAll, &Arc::from("DISCARD ALL"));
         assert_eq!(s.replay_sql(), "RESET ALL");
         assert_eq!(s.version, 5);

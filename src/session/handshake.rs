@@ -13,6 +13,7 @@ use crate::auth::{self, AuthError};
 use crate::backend::{self, BackendConn};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::{sqlstate, ClientError};
+use crate::health::PrimaryView;
 use crate::protocol::backend::TxnStatus;
 use crate::protocol::encode;
 use crate::protocol::startup::StartupPacket;
@@ -27,7 +28,37 @@ pub struct Established {
     pub cluster: Arc<ClusterSpec>,
     pub params: Vec<(String, String)>,
     pub backend: BackendConn,
+    /// `Some(i)`: the login connection is to `replicas[i]` as a replica (no primary was up).
+    pub login_replica: Option<usize>,
     pub cancel: CancelHandle,
+}
+
+/// The node to log in to: the observed primary, else the first replica the probes see up.
+fn login_node(
+    shared: &Shared,
+    cluster: &ClusterSpec,
+) -> (std::sync::Arc<crate::topology::NodeSpec>, Option<usize>) {
+    let health = shared.health.load();
+    let Some(h) = health.clusters.get(&cluster.name) else {
+        return (cluster.primary.clone(), None);
+    };
+    match h.primary_view() {
+        PrimaryView::One(i) if i > 0 => match cluster.replicas.get(i - 1) {
+            Some(n) => (n.clone(), None),
+            None => (cluster.primary.clone(), None),
+        },
+        PrimaryView::None | PrimaryView::Conflict => {
+            let standby = h
+                .replicas
+                .iter()
+                .position(|r| r.up && r.in_recovery == Some(true));
+            match standby.and_then(|i| cluster.replicas.get(i).map(|n| (n.clone(), Some(i)))) {
+                Some(pair) => pair,
+                None => (cluster.primary.clone(), None),
+            }
+        }
+        _ => (cluster.primary.clone(), None),
+    }
 }
 
 pub enum Outcome {
@@ -177,9 +208,10 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
     };
     tracing::Span::current().record("cluster", cluster.name.as_str());
 
-    // The primary answers the login: its ParameterStatus values describe the session, and it
-    // proves the credentials work before the client is told so. Replicas are opened lazily.
-    let node = cluster.primary.clone();
+    // One backend answers the login: its ParameterStatus values describe the session, and it
+    // proves the credentials work before the client is told so. That is the primary (the
+    // observed one, after a failover), or a replica while no primary is reachable.
+    let (node, login_replica) = login_node(shared, &cluster);
     let backend =
         match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
             Ok(b) => b,
@@ -203,6 +235,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         return Outcome::Closed;
     }
     Outcome::Session(Box::new(Established {
+        login_replica,
         client: io,
         user,
         cluster,

@@ -21,6 +21,7 @@ use crate::cancel::{CancelHandle, CancelTarget};
 use crate::classify::{Class, Hint, Setting};
 use crate::config::ReadYourWrites;
 use crate::error::{sqlstate, ClientError};
+use crate::health::PrimaryView;
 use crate::protocol::backend::{ErrorFields, TxnStatus};
 use crate::protocol::encode;
 use crate::protocol::frame::{self, FrameError, Scanner, Step};
@@ -64,7 +65,8 @@ enum Slot {
     Replica,
 }
 
-/// A complete batch that cannot go out yet.
+/// A complete batch that cannot go out yet. (One per session at most: its size is no concern.)
+#[allow(clippy::large_enum_variant)]
 enum Held {
     /// Forward to `slot` once the other backend is idle (and this one, if it needs preparing).
     Forward {
@@ -118,11 +120,16 @@ pub async fn run(session: Established, shared: &Shared) -> End {
     let Established {
         client,
         backend,
+        login_replica,
         cancel,
         user,
         cluster,
         params,
     } = session;
+    let (primary, replica) = match login_replica {
+        None => (Some(BackendSide::new(backend, None, 0)), None),
+        Some(i) => (None, Some(BackendSide::new(backend, Some(i), 0))),
+    };
     let topology = shared.topology.load_full();
     let (client_r, client_w) = tokio::io::split(client.io);
     let mut relay = Relay {
@@ -137,8 +144,8 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         client_w,
         cin: client.rbuf,
         to_client: BytesMut::with_capacity(READ_CHUNK),
-        primary: Some(BackendSide::new(backend, None, 0)),
-        replica: None,
+        primary,
+        replica,
         active: None,
         held: None,
         held_after_retry: None,
@@ -154,6 +161,26 @@ pub async fn run(session: Established, shared: &Shared) -> End {
     let end = relay.run_loop(idle_timeout).await;
     relay.close(&end).await;
     end
+}
+
+/// What a client is told when a batch cannot be routed; the session goes on.
+fn refusal(cluster: &str, reason: Reason) -> ClientError {
+    match reason {
+        Reason::NoPrimary => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("cluster \"{cluster}\" has no reachable primary; writes are refused until one is back"),
+        )
+        .with_hint("reads continue on replicas; a promoted replica is followed automatically"),
+        Reason::PrimaryConflict => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("more than one node of cluster \"{cluster}\" claims to be the primary; writes are refused until that resolves"),
+        ),
+        other => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("no replica of cluster \"{cluster}\" can serve this read ({})", other.as_str()),
+        )
+        .with_hint("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag"),
+    }
 }
 
 impl Relay<'_> {
@@ -314,7 +341,17 @@ impl Relay<'_> {
         if batch.is_empty() {
             return Ok(());
         }
-        let class = batch.class.clone().unwrap_or(Class::Empty);
+        let mut class = batch.class.clone().unwrap_or(Class::Empty);
+        if !batch.completes {
+            // Its Bind/Execute will follow it to the same backend: route by what it prepares,
+            // and send a batch split only by its size to the primary.
+            if let Some(parsed) = &batch.parse_class {
+                class = batch::combine(class, parsed);
+            }
+            if batch.bytes.len() >= BATCH_FORWARD_BYTES {
+                class = Class::Write;
+            }
+        }
         let held = if let (Class::RouteHint(h), true) = (&class, batch.simple_query) {
             Held::Answer {
                 reply: LocalReply::RouteHint(*h),
@@ -401,13 +438,31 @@ impl Relay<'_> {
         };
         match route::decide(&input) {
             Decision::Route { target, reason } => Ok((target, reason)),
-            Decision::Refuse(reason) => Err(ClientError {
-                fatal: false,
-                code: sqlstate::CANNOT_CONNECT_NOW.into(),
-                message: format!("no replica of cluster \"{}\" can serve this read ({})", self.cluster.name, reason.as_str()),
-                detail: None,
-                hint: Some("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag".into()),
-            }),
+            Decision::Refuse(reason) => Err(refusal(&self.cluster.name, reason)),
+        }
+    }
+
+    /// The node acting as primary now (a promoted replica after a failover).
+    fn effective_primary(&self) -> Result<Arc<NodeSpec>, ClientError> {
+        let health = self.shared.health.load();
+        let view = health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.primary_view());
+        match view {
+            None | Some(PrimaryView::Unknown) | Some(PrimaryView::One(0)) => {
+                Ok(self.cluster.primary.clone())
+            }
+            Some(PrimaryView::One(i)) => self
+                .cluster
+                .replicas
+                .get(i - 1)
+                .cloned()
+                .ok_or_else(|| refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::None) => Err(refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::Conflict) => {
+                Err(refusal(&self.cluster.name, Reason::PrimaryConflict))
+            }
         }
     }
 
@@ -442,12 +497,13 @@ impl Relay<'_> {
                 if self.active.is_some_and(|a| a != slot) {
                     return Ok(());
                 }
+                let continuing = self.slot_ref(slot).is_some_and(|b| b.open_batch);
                 let switching_replica = slot == Slot::Replica
                     && self
                         .replica
                         .as_ref()
                         .is_some_and(|b| b.replica_index != *replica);
-                let needs_prep = switching_replica || self.needs_prep(slot, batch);
+                let needs_prep = !continuing && (switching_replica || self.needs_prep(slot, batch));
                 if needs_prep && self.slot_ref(slot).is_some_and(|b| !b.idle()) {
                     return Ok(());
                 }
@@ -468,10 +524,10 @@ impl Relay<'_> {
                 tracing::warn!(error = %e, "replica unavailable; serving from the primary");
                 match self.ensure_connected(Slot::Primary, None).await {
                     Ok(()) => (Slot::Primary, Reason::NoReplicaFallback),
-                    Err(e) => return Err(self.fail(e)),
+                    Err(e) => return self.answer_instead(batch, e),
                 }
             }
-            Err(e) => return Err(self.fail(e)),
+            Err(e) => return self.answer_instead(batch, e),
         };
         if slot == Slot::Primary && self.active == Some(Slot::Replica) {
             // Fell back while the replica is busy: wait for it like any other switch.
@@ -483,7 +539,20 @@ impl Relay<'_> {
             });
             return Ok(());
         }
-        self.prepare(slot, &batch).await?;
+        let continuing = self.slot_ref(slot).is_some_and(|b| b.open_batch);
+        if !continuing && !self.prepare(slot, &batch).await? {
+            // The session's settings could not be replayed there: the primary, for good.
+            self.route.pinned = true;
+            if slot == Slot::Replica {
+                self.held = Some(Held::Forward {
+                    batch,
+                    slot: Slot::Primary,
+                    reason: Reason::StickySessionFeature,
+                    replica: None,
+                });
+                return Ok(());
+            }
+        }
         self.send(slot, batch, reason);
         if self.held.is_none() {
             self.held = self.held_after_retry.take();
@@ -502,7 +571,14 @@ impl Relay<'_> {
             Class::Begin { .. } | Class::Write | Class::Unknown | Class::Pin(_)
         );
         let autocommit = self.route.txn == TxnStatus::Idle && !self.txn_may_be_opening;
-        let Some(b) = self.slot(slot).as_mut() else {
+        if let Some(which) = &batch.deallocate {
+            self.statements.drop_named(which);
+        }
+        let b = match slot {
+            Slot::Primary => self.primary.as_mut(),
+            Slot::Replica => self.replica.as_mut(),
+        };
+        let Some(b) = b else {
             return;
         };
         let retry = (slot == Slot::Replica
@@ -513,27 +589,56 @@ impl Relay<'_> {
             && !matches!(class, Class::Begin { .. }))
         .then(|| Box::new(batch.clone()));
         tracing::debug!(reason = reason.as_str(), node = %b.node, bytes = batch.bytes.len(), "routed batch");
-        for (name, hash) in &batch.parses {
-            b.prepared.insert(name.clone(), *hash);
-        }
-        for name in &batch.closes {
-            b.prepared.remove(name);
+        for (name, op) in &batch.statement_ops {
+            match op {
+                Some(hash) => b.prepared.insert(name.clone(), *hash),
+                None => b.prepared.remove(name),
+            };
         }
         if batch.simple_query {
             b.prepared.remove("");
         }
+        if let Some(which) = &batch.deallocate {
+            match which {
+                None => b.prepared.clear(),
+                Some(name) => {
+                    b.prepared.remove(name);
+                }
+            }
+        }
+        // Another batch behind a retryable one: its answers can no longer be replaced, so they
+        // go out now, in order.
+        if let Some(front) = b.pending.front_mut().filter(|p| p.retry.is_some()) {
+            front.retry = None;
+            self.to_client.unsplit(b.tentative.split());
+        }
         b.outbuf.unsplit(batch.bytes);
-        if batch.completes {
-            b.pending.push_back(Pending {
-                wrote,
-                setting: batch.setting,
-                errored: false,
-                retry,
-                retrying: false,
-            });
-            b.open_batch = false;
-        } else {
+        // libpq ends an extended-protocol COPY FROM with CopyDone then another Sync; the
+        // server ignored the first Sync (sent during copy-in), so only this one is answered.
+        let answers_earlier = batch.completes
+            && batch.extended
+            && match b.pending.iter_mut().find(|p| p.sync_ignored) {
+                Some(p) => {
+                    p.sync_ignored = false;
+                    true
+                }
+                None => false,
+            };
+        if !batch.completes {
             b.open_batch = true;
+        } else {
+            b.open_batch = false;
+            if !answers_earlier {
+                b.pending.push_back(Pending {
+                    wrote,
+                    setting: batch.setting,
+                    errored: false,
+                    retry,
+                    retrying: false,
+                    extended: batch.extended,
+                    sync_ignored: false,
+                });
+            }
         }
         let target = CancelTarget {
             node: b.node.clone(),
@@ -542,11 +647,24 @@ impl Relay<'_> {
         };
         self.cancel.set_target(target);
         self.active = Some(slot);
-        self.txn_may_be_opening = opens_txn;
+        self.txn_may_be_opening |= opens_txn;
     }
 
-    fn fail(&mut self, e: ClientError) -> End {
-        End::ClientError(e)
+    /// A batch that cannot be served: outside a transaction, a complete batch is answered
+    /// with the error and ReadyForQuery and the session goes on; otherwise the session ends.
+    fn answer_instead(&mut self, batch: Batch, mut e: ClientError) -> Result<(), End> {
+        if batch.completes && self.route.txn == TxnStatus::Idle && self.active.is_none() {
+            e.fatal = false;
+            tracing::info!(code = %e.code, message = %e.message, "batch refused");
+            e.encode(&mut self.to_client);
+            encode::ready_for_query(&mut self.to_client, TxnStatus::Idle);
+            if self.held.is_none() {
+                self.held = self.held_after_retry.take();
+            }
+            return Ok(());
+        }
+        e.fatal = true;
+        Err(End::ClientError(e))
     }
 
     async fn close(&mut self, end: &End) {

@@ -251,3 +251,19 @@ pub async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
         );
     }
 }
+
+/// The same YAML with the replicas removed (for tests about the primary alone).
+pub fn without_replicas(yaml: &str) -> String {
+    yaml.lines()
+        .filter(|l| !l.trim_start().starts_with("- { host: 127.0.0.1"))
+        .map(|l| {
+            if l.trim() == "replicas:" {
+                "    replicas: []"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}

@@ -91,7 +91,7 @@ impl Relay<'_> {
                 let refused_write = fields
                     .as_ref()
                     .is_some_and(|f| f.code == "25006" || f.message.contains("during recovery"));
-                let alone = b.pending.len() == 1 && b.outbuf.is_empty();
+                let alone = b.pending.len() == 1 && b.outbuf.is_empty() && !b.open_batch;
                 if let Some(p) = b.pending.front_mut() {
                     p.errored = true;
                     if tentative && refused_write && alone {
@@ -106,8 +106,11 @@ impl Relay<'_> {
                 let status = TxnStatus::from_ready_body(body).unwrap_or_default();
                 let pending = b.pending.pop_front();
                 if let Some(p) = pending.as_ref().filter(|p| p.retrying) {
+                    b.tentative.clear();
                     let retry = p.retry.clone();
-                    if let Some(batch) = retry {
+                    if let Some(mut batch) = retry {
+                        // It wrote: read-your-writes applies once it has run on the primary.
+                        batch.class = Some(Class::Write);
                         for shape in &batch.shapes {
                             self.shared.learned_writes.learn(*shape);
                         }
@@ -127,6 +130,11 @@ impl Relay<'_> {
                 return;
             }
             btag::READY_FOR_QUERY => return,
+            btag::COPY_IN_RESPONSE => {
+                if let Some(p) = b.pending.front_mut().filter(|p| p.extended) {
+                    p.sync_ignored = true;
+                }
+            }
             _ => {}
         }
         if tentative {
@@ -168,7 +176,9 @@ impl Relay<'_> {
             }
             TxnStatus::InTransaction | TxnStatus::Failed => {
                 self.route.txn_target = Some(target);
-                self.txn_wrote |= p.wrote;
+                // A transaction on the primary may write through anything (a function the
+                // classifier took for a read): treat it as a write when it ends.
+                self.txn_wrote |= p.wrote || slot == Slot::Primary;
                 if p.setting.is_some() {
                     self.route.pinned = true;
                 }
@@ -195,6 +205,9 @@ impl Relay<'_> {
             if matches!(setting, Setting::DiscardAll) {
                 b.prepared.clear();
             }
+        }
+        if matches!(setting, Setting::DiscardAll) {
+            self.statements.drop_named(&None);
         }
     }
 

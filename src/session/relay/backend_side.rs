@@ -20,6 +20,7 @@ pub(super) fn inspected_backend_message(tag: u8) -> bool {
             | btag::NOTIFICATION_RESPONSE
             | btag::NOTICE_RESPONSE
             | btag::PARAMETER_STATUS
+            | btag::COPY_IN_RESPONSE
     )
 }
 
@@ -35,6 +36,10 @@ pub(super) struct Pending {
     pub(super) retry: Option<Box<Batch>>,
     /// The replica refused it; its answers up to ReadyForQuery are swallowed.
     pub(super) retrying: bool,
+    /// Sent with the extended protocol (its Sync is ignored if it starts a COPY FROM).
+    pub(super) extended: bool,
+    /// It started a COPY FROM: the server ignored its Sync and answers the client's next one.
+    pub(super) sync_ignored: bool,
 }
 
 /// A backend connection held by the session.

@@ -37,12 +37,26 @@ impl Relay<'_> {
                 }
             }
         }
+        let primary = match slot {
+            Slot::Primary => Some(self.effective_primary()?),
+            Slot::Replica => None,
+        };
+        if let (Some(want), Some(b)) = (&primary, &self.primary) {
+            if !Arc::ptr_eq(want, &b.node) && b.idle() {
+                // The primary moved (failover): retire the connection to the old one.
+                tracing::info!(old = %b.node, new = %want, "following the new primary");
+                if let Some(mut old) = self.primary.take() {
+                    let _ = old.w.write_all(b"X\0\0\0\x04").await;
+                }
+            }
+        }
         if self.slot_ref(slot).is_some() {
             return Ok(());
         }
-        let node = match (slot, replica) {
-            (Slot::Primary, _) => self.cluster.primary.clone(),
-            (Slot::Replica, Some(i)) => match self.cluster.replicas.get(i) {
+        let node = match (slot, replica, primary) {
+            (Slot::Primary, _, Some(node)) => node,
+            (Slot::Primary, _, None) => self.cluster.primary.clone(),
+            (Slot::Replica, Some(i), _) => match self.cluster.replicas.get(i) {
                 Some(n) => n.clone(),
                 None => {
                     return Err(ClientError::fatal(
@@ -51,7 +65,7 @@ impl Relay<'_> {
                     ))
                 }
             },
-            (Slot::Replica, None) => {
+            (Slot::Replica, None, _) => {
                 return Err(ClientError::fatal(
                     sqlstate::CONNECTION_FAILURE,
                     "no replica chosen",
@@ -73,17 +87,45 @@ impl Relay<'_> {
 
     /// Brings the backend up to the session's settings and the statements the batch uses.
     /// Runs only when that backend is idle; its answers are not forwarded.
-    pub(super) async fn prepare(&mut self, slot: Slot, batch: &Batch) -> Result<(), End> {
+    /// Returns false when the settings replay failed: this backend cannot serve the session
+    /// faithfully, and the caller moves the batch to the primary.
+    pub(super) async fn prepare(&mut self, slot: Slot, batch: &Batch) -> Result<bool, End> {
         if !self.needs_prep(slot, batch) {
-            return Ok(());
+            return Ok(true);
         }
         let replay = self.settings.replay_sql();
         let version = self.settings.version;
+        let Some(b) = self.slot(slot).as_mut() else {
+            return Ok(true);
+        };
+        if b.settings_version != version {
+            let mut req = BytesMut::new();
+            let _ = frontend::query(&replay, &mut req);
+            match wire::exchange_split(&mut b.r, &mut b.w, &mut b.inbuf, &req).await {
+                Ok(msgs) => {
+                    // A simple query drops the backend's unnamed statement.
+                    b.prepared.remove("");
+                    if let Some(e) = msgs.iter().find(|m| m[0] == b'E') {
+                        // The replay is one implicit transaction: nothing of it took effect.
+                        tracing::warn!(node = %b.node, error = ?ErrorFields::parse(frame::body(e)), "replaying session settings failed");
+                        return Ok(false);
+                    }
+                    b.settings_version = version;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    return Err(self
+                        .backend_closed(slot, reason)
+                        .err()
+                        .unwrap_or(End::BackendGone("lost during state replay".into())));
+                }
+            }
+        }
         let mut statements_req = BytesMut::new();
         let mut installed = Vec::new();
         {
             let Some(b) = self.slot_ref(slot) else {
-                return Ok(());
+                return Ok(true);
             };
             for name in &batch.uses {
                 let Some(st) = self.statements.get(name) else {
@@ -99,36 +141,16 @@ impl Relay<'_> {
                 installed.push((name.clone(), st.hash));
             }
             for (name, _) in &batch.parses {
-                if !name.is_empty() && b.prepared.contains_key(name) {
+                if !name.is_empty()
+                    && b.prepared.contains_key(name)
+                    && !installed.iter().any(|(n, _)| n == name)
+                {
                     let _ = frontend::close(b'S', name, &mut statements_req);
                 }
             }
         }
         let Some(b) = self.slot(slot).as_mut() else {
-            return Ok(());
-        };
-        if b.settings_version != version {
-            let mut req = BytesMut::new();
-            let _ = frontend::query(&replay, &mut req);
-            let answer = wire::exchange_split(&mut b.r, &mut b.w, &mut b.inbuf, &req).await;
-            match answer {
-                Ok(msgs) => {
-                    if let Some(e) = msgs.iter().find(|m| m[0] == b'E') {
-                        tracing::warn!(node = %b.node, error = ?ErrorFields::parse(frame::body(e)), "replaying session settings failed");
-                    }
-                    b.settings_version = version;
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    return Err(self
-                        .backend_closed(slot, reason)
-                        .err()
-                        .unwrap_or(End::BackendGone("lost during state replay".into())));
-                }
-            }
-        }
-        let Some(b) = self.slot(slot).as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
         if !statements_req.is_empty() {
             frontend::sync(&mut statements_req);
@@ -154,6 +176,6 @@ impl Relay<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
