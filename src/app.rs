@@ -36,6 +36,33 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
+    /// Failed backend connects by sessions since the last probe round, keyed by node
+    /// (`host:port`): the probe loop counts them as failed observations.
+    pub connect_failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Shared {
+    /// A session could not connect to `node`.
+    pub fn report_connect_failure(&self, node: &crate::topology::NodeSpec) {
+        let mut failures = self
+            .connect_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *failures
+            .entry(format!("{}:{}", node.host, node.port))
+            .or_default() += 1;
+    }
+
+    /// Takes the failures reported for `node` since the last call.
+    pub fn take_connect_failures(&self, node: &crate::topology::NodeSpec) -> u32 {
+        let mut failures = self
+            .connect_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failures
+            .remove(&format!("{}:{}", node.host, node.port))
+            .unwrap_or(0)
+    }
 }
 
 pub struct ClientTls {
@@ -83,6 +110,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
+            connect_failures: Default::default(),
         })
     }
 }

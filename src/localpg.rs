@@ -357,6 +357,11 @@ impl LocalNode {
         self.stop_mode("fast")
     }
 
+    /// pg_ctl stop -m immediate: like a crash (no goodbye to connected clients).
+    pub fn stop_immediate(&self) -> Result<(), String> {
+        self.stop_mode("immediate")
+    }
+
     fn stop_mode(&self, mode: &str) -> Result<(), String> {
         if !self.data.join("postmaster.pid").exists() {
             return Ok(());

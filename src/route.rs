@@ -41,7 +41,8 @@ pub enum Reason {
     ReadonlyRetry,
     /// A replica connection broke before any answer reached the client; the read went elsewhere.
     ReadRetry,
-    /// Refused: no reachable node is out of recovery.
+    /// No reachable node is out of recovery: writes are refused, and reads of a session
+    /// pinned after its write go to a replica anyway (the write cannot be confirmed there).
     NoPrimary,
     /// Refused: more than one node claims to be the primary.
     PrimaryConflict,
@@ -195,8 +196,26 @@ pub fn decide(input: &RouteInput) -> Decision {
             target: Target::Replica(i),
             reason: Reason::ReadNearest,
         },
+        // Pinned to a primary that is gone: waiting cannot help (no new WAL position will be
+        // sampled), and "reads continue from replicas" wins over a guarantee nobody can give.
+        Err(Reason::PinnedAfterWrite) if no_primary(input) => {
+            match best_replica(input, Requirement::None) {
+                Ok(i) => Decision::Route {
+                    target: Target::Replica(i),
+                    reason: Reason::NoPrimary,
+                },
+                Err(reason) => fallback(input, reason),
+            }
+        }
         Err(reason) => fallback(input, reason),
     }
+}
+
+fn no_primary(input: &RouteInput) -> bool {
+    matches!(
+        input.health.map(|h| h.primary_view()),
+        Some(PrimaryView::None | PrimaryView::Conflict)
+    )
 }
 
 /// Statements a replica can run at all (a hint never sends writes to a replica).

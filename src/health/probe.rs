@@ -92,6 +92,12 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
             } else {
                 &mut folded.replicas[i - 1]
             };
+            // Sessions that failed to connect since the last round count as failed probes.
+            for _ in 0..shared.take_connect_failures(node).min(fall) {
+                if let Some(state) = trackers[i].observe(false) {
+                    tracing::info!(node = %node, ?state, "node state changed (session connect failures)");
+                }
+            }
             if let Some(state) = trackers[i].observe(samples[i].is_some()) {
                 tracing::info!(node = %node, ?state, "node state changed");
             }

@@ -458,7 +458,12 @@ fn writes_follow_the_observed_primary_and_fail_fast_without_one() {
             Decision::Refuse(Reason::PrimaryConflict),
         ),
     ];
+    let pinned = SessionRoute {
+        requirement: Requirement::Lsn(5000),
+        ..s
+    };
     for (name, replicas, primary_up, class, want) in cases {
+        let session = if name.contains("pinned") { pinned } else { s };
         let mut h = health(replicas);
         if !primary_up {
             h.primary = NodeHealth {
@@ -469,7 +474,7 @@ fn writes_follow_the_observed_primary_and_fail_fast_without_one() {
         let input = RouteInput {
             class: &class,
             hint: None,
-            session: &s,
+            session: &session,
             cluster: &c,
             health: Some(&h),
             policy: &policy,

@@ -217,6 +217,9 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "backend login failed");
+                if !matches!(e, backend::ConnectError::Rejected { .. }) {
+                    shared.report_connect_failure(&node);
+                }
                 return Outcome::Refused(io, e.to_client());
             }
         };

@@ -485,6 +485,7 @@ impl Relay<'_> {
                     LocalReply::Refuse(e) => e.encode(&mut self.to_client),
                 }
                 encode::ready_for_query(&mut self.to_client, self.route.txn);
+                self.held = self.held_after_retry.take();
                 return Ok(());
             }
             Some(Held::Forward {

@@ -237,7 +237,59 @@ impl Relay<'_> {
 
     /// A backend connection ended. If the session needed it, the client is told (08006 unless
     /// the server already sent its own FATAL) and the session ends; an idle one is just dropped.
+    /// A replica connection broke while its only batch was an autocommit read none of whose
+    /// answer had reached the client: run that read on another node, invisibly.
+    fn retry_elsewhere(&mut self, reason: &str) -> bool {
+        let Some(b) = &self.replica else { return false };
+        // With one pending batch and no open one, unsent bytes (the connection died while the
+        // batch was being written) can only be that batch's own: retrying is still exact.
+        let retryable = self.route.txn == TxnStatus::Idle
+            && b.pending.len() == 1
+            && !b.open_batch
+            && b.pending
+                .front()
+                .is_some_and(|p| p.retry.is_some() && !p.retrying);
+        if !retryable {
+            return false;
+        }
+        let Some(mut b) = self.replica.take() else {
+            return false;
+        };
+        let Some(batch) = b.pending.pop_front().and_then(|p| p.retry) else {
+            return false;
+        };
+        tracing::info!(node = %b.node, %reason, "replica connection lost before any answer; retrying the read elsewhere");
+        self.active = None;
+        self.txn_may_be_opening = false;
+        let class = batch.class.clone().unwrap_or(Class::Empty);
+        self.route.avoid = b.replica_index;
+        let decision = self.decide(&class, batch.hint);
+        self.route.avoid = None;
+        self.held_after_retry = self.held.take();
+        self.held = Some(match decision {
+            Ok((Target::Replica(i), _)) => Held::Forward {
+                batch: *batch,
+                slot: Slot::Replica,
+                reason: Reason::ReadRetry,
+                replica: Some(i),
+            },
+            Ok((Target::Primary, _)) => Held::Forward {
+                batch: *batch,
+                slot: Slot::Primary,
+                reason: Reason::ReadRetry,
+                replica: None,
+            },
+            Err(e) => Held::Answer {
+                reply: LocalReply::Refuse(e),
+            },
+        });
+        true
+    }
+
     pub(super) fn backend_closed(&mut self, slot: Slot, reason: String) -> Result<(), End> {
+        if slot == Slot::Replica && self.retry_elsewhere(&reason) {
+            return Ok(());
+        }
         let needed = self.active == Some(slot)
             || self.route.txn != TxnStatus::Idle && self.bound_slot() == Some(slot)
             || self.slot_ref(slot).is_some_and(|b| !b.idle())

@@ -79,7 +79,12 @@ impl Relay<'_> {
             self.topology.limits.connect_timeout,
         )
         .await
-        .map_err(|e| e.to_client())?;
+        .map_err(|e| {
+            if !matches!(e, backend::ConnectError::Rejected { .. }) {
+                self.shared.report_connect_failure(&node);
+            }
+            e.to_client()
+        })?;
         tracing::debug!(node = %node, "opened backend connection");
         *self.slot(slot) = Some(BackendSide::new(conn, replica, 0));
         Ok(())
