@@ -13,20 +13,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn primary_port() -> i32 {
-    i32::from(cluster().primary.port)
-}
-
-async fn proxy_ready(extra: &str) -> pgmeridian::app::Proxy {
-    let p = proxy(extra).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    p
-}
-async fn setup(sql: &str) {
-    let admin = superuser("app").await;
-    admin.batch_execute(sql).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-}
 fn msg(tag: u8, body: &[u8]) -> BytesMut {
     let mut m = BytesMut::new();
     m.put_u8(tag);

@@ -17,24 +17,6 @@ use tokio_postgres::Client;
 
 use common::*;
 
-fn primary_port() -> i32 {
-    i32::from(cluster().primary.port)
-}
-
-async fn proxy_ready(extra: &str) -> pgmeridian::app::Proxy {
-    let p = proxy(extra).await;
-    // Let the first probe rounds publish every node's state.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    p
-}
-
-/// Runs `sql` on the primary and waits until both replicas have replayed it.
-async fn setup(sql: &str) {
-    let admin = superuser("app").await;
-    admin.batch_execute(sql).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-}
-
 async fn served_by(client: &Client, sql: &str) -> i32 {
     client.query_one(sql, &[]).await.unwrap().get::<_, i32>(0)
 }

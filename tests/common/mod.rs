@@ -267,3 +267,20 @@ pub fn without_replicas(yaml: &str) -> String {
         .join("\n")
         + "\n"
 }
+
+pub fn primary_port() -> i32 {
+    i32::from(cluster().primary.port)
+}
+
+/// A proxy whose first probe rounds have published every node's state.
+pub async fn proxy_ready(extra: &str) -> Proxy {
+    let p = proxy(extra).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    p
+}
+
+/// Runs `sql` on the primary as the superuser and waits until the replicas have replayed it.
+pub async fn setup(sql: &str) {
+    superuser("app").await.batch_execute(sql).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+}
