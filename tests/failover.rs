@@ -230,4 +230,35 @@ async fn failover_story() {
         .unwrap()
         .get(0);
     assert_eq!(p, r0_port, "writes go to the promoted node");
+
+    // 5. The old primary comes back as a primary too: two nodes claim the role (split brain),
+    //    and writes are refused until an operator resolves it; reads are unaffected.
+    c.primary.start().unwrap();
+    let refused = until(
+        "writes are refused while two nodes claim to be primary",
+        || async {
+            match session
+                .execute("update fo set v = 3 where id = 1", &[])
+                .await
+            {
+                Err(e) => e
+                    .as_db_error()
+                    .is_some_and(|d| d.message().contains("claims to be the primary")),
+                Ok(_) => false,
+            }
+        },
+    )
+    .await;
+    eprintln!("split brain detected {refused:?} after the old primary restarted");
+    c.primary.stop_immediate().unwrap();
+    until(
+        "writes work again once only one primary is left",
+        || async {
+            session
+                .execute("update fo set v = 4 where id = 1", &[])
+                .await
+                .is_ok()
+        },
+    )
+    .await;
 }
