@@ -36,6 +36,7 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
+    pub metrics: crate::metrics::Metrics,
     /// Failed backend connects by sessions since the last probe round, keyed by node
     /// (`host:port`): the probe loop counts them as failed observations.
     pub connect_failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
@@ -111,6 +112,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
             connect_failures: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 }
@@ -118,6 +120,8 @@ impl Shared {
 /// A running proxy: its listening address and a way to stop it.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin HTTP listener's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
@@ -135,9 +139,30 @@ impl Proxy {
         let addr = listener
             .local_addr()
             .map_err(|e| vec![Problem::new("listen", e.to_string())])?;
+        let admin_addr = match &config.admin_listen {
+            None => None,
+            Some(a) => {
+                let admin = TcpListener::bind(a).await.map_err(|e| {
+                    vec![Problem::new(
+                        "admin_listen",
+                        format!("cannot listen on {a}: {e}"),
+                    )]
+                })?;
+                let admin_addr = admin
+                    .local_addr()
+                    .map_err(|e| vec![Problem::new("admin_listen", e.to_string())])?;
+                tokio::spawn(crate::admin::run(admin, shared.clone()));
+                Some(admin_addr)
+            }
+        };
         crate::health::probe::spawn_all(&shared);
         let task = tokio::spawn(server::run(listener, shared.clone()));
-        Ok(Proxy { addr, shared, task })
+        Ok(Proxy {
+            addr,
+            admin_addr,
+            shared,
+            task,
+        })
     }
 
     /// Graceful stop: no new clients, sessions finish their transaction, then close.

@@ -8,6 +8,7 @@
 //! Pure modules (no sockets, clocks or randomness): `protocol`, `config`, `route`.
 //! Desired state: `config` → `topology`, published through `app::Shared`.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod localpg;
+pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod server;

@@ -72,6 +72,7 @@ struct ClientSlot {
 impl ClientSlot {
     fn take(shared: &Arc<Shared>) -> ClientSlot {
         let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.metrics.client_connections.inc();
         ClientSlot {
             shared: shared.clone(),
             count,
@@ -82,6 +83,7 @@ impl ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.client_connections.dec();
     }
 }
 

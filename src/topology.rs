@@ -69,6 +69,16 @@ pub enum BackendTlsSpec {
     Require(Arc<ClientConfig>, ServerName<'static>),
 }
 
+impl NodeSpec {
+    /// A metric label naming the node by its configured role: `primary`, `replica0`, …
+    pub fn label(&self) -> String {
+        match self.role {
+            ConfiguredRole::Primary => "primary".to_owned(),
+            ConfiguredRole::Replica(i) => format!("replica{i}"),
+        }
+    }
+}
+
 impl fmt::Display for NodeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.role {

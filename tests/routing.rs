@@ -586,3 +586,71 @@ async fn pipelined_batches_to_different_backends_are_serialized() {
         .get(0);
     assert_eq!(n, 15);
 }
+
+/// GETs `path` from the admin listener with plain HTTP/1.0; returns (status line, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn counter(metrics: &str, reason: &str, target: &str) -> u64 {
+    let key = format!("pgmeridian_routed_batches_total{{cluster=\"app\",reason=\"{reason}\",target=\"{target}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_why_each_statement_went_where_it_did() {
+    let t = table("metrics");
+    setup(&format!(
+        "create table {t} (x int); grant all on {t} to app;"
+    ))
+    .await;
+    let proxy = proxy_ready("admin_listen: 127.0.0.1:0\n").await;
+    let admin = proxy.admin_addr.expect("admin listener");
+    let c = connect(proxy.addr).await;
+    let (_, before) = http_get(admin, "/metrics").await;
+    c.simple_query(&format!("insert into {t} values (1)"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("select count(*) from {t}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.simple_query(&format!("select count(*) from {t}"))
+        .await
+        .unwrap();
+    let (status, after) = http_get(admin, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let moved = |reason, target| counter(&after, reason, target) - counter(&before, reason, target);
+    assert_eq!(moved("write", "primary"), 1, "{after}");
+    assert_eq!(moved("pinned_after_write", "primary"), 1, "{after}");
+    assert_eq!(moved("read_nearest", "replica"), 1, "{after}");
+    for family in [
+        "pgmeridian_node_up{cluster=\"app\",node=\"primary\"} 1",
+        "pgmeridian_node_primary{cluster=\"app\",node=\"primary\"} 1",
+        "pgmeridian_replica_lag_seconds{cluster=\"app\",node=\"replica1\"}",
+        "pgmeridian_client_connections",
+    ] {
+        assert!(after.contains(family), "missing {family}:\n{after}");
+    }
+    assert!(!after.contains(&t), "no SQL text in metrics");
+    let (status, _) = http_get(admin, "/healthz").await;
+    assert!(status.contains("200"), "{status}");
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert!(status.contains("200"), "{status} {body}");
+    let (status, _) = http_get(admin, "/nope").await;
+    assert!(status.contains("404"), "{status}");
+}

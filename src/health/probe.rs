@@ -122,11 +122,48 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
             recent.pop_front();
         }
         folded.primary_samples = recent.iter().copied().collect();
+        publish_metrics(&shared, &cluster.name, &nodes, &folded);
         shared.health.rcu(|h| {
             let mut clusters = h.clusters.clone();
             clusters.insert(cluster.name.clone(), Arc::new(folded.clone()));
             super::Health { clusters }
         });
+    }
+}
+
+fn publish_metrics(shared: &Shared, cluster: &str, nodes: &[Arc<NodeSpec>], h: &ClusterHealth) {
+    let m = &shared.metrics;
+    let view = h.primary_view();
+    m.primary_conflict
+        .with_label_values(&[cluster])
+        .set(i64::from(view == super::PrimaryView::Conflict));
+    for (i, (node, n)) in nodes
+        .iter()
+        .zip(std::iter::once(&h.primary).chain(&h.replicas))
+        .enumerate()
+    {
+        let labels = [cluster, node.label().as_str()].map(str::to_owned);
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        m.node_up.with_label_values(&labels).set(i64::from(n.up));
+        let acting = matches!(view, super::PrimaryView::One(p) if p == i);
+        m.node_primary
+            .with_label_values(&labels)
+            .set(i64::from(acting));
+        if let Some(rtt) = n.rtt {
+            m.probe_rtt_seconds
+                .with_label_values(&labels)
+                .set(rtt.as_secs_f64());
+        }
+        if let Some(lag) = n.lag {
+            m.replica_lag_seconds
+                .with_label_values(&labels)
+                .set(lag.as_secs_f64());
+        }
+        if let Some(bytes) = n.lag_bytes {
+            m.replica_lag_bytes
+                .with_label_values(&labels)
+                .set(bytes.min(i64::MAX as u64) as i64);
+        }
     }
 }
 

@@ -438,7 +438,14 @@ impl Relay<'_> {
         };
         match route::decide(&input) {
             Decision::Route { target, reason } => Ok((target, reason)),
-            Decision::Refuse(reason) => Err(refusal(&self.cluster.name, reason)),
+            Decision::Refuse(reason) => {
+                self.shared
+                    .metrics
+                    .refused
+                    .with_label_values(&[self.cluster.name.as_str(), reason.as_str()])
+                    .inc();
+                Err(refusal(&self.cluster.name, reason))
+            }
         }
     }
 
@@ -562,6 +569,15 @@ impl Relay<'_> {
     }
 
     fn send(&mut self, slot: Slot, batch: Batch, reason: Reason) {
+        let target = match slot {
+            Slot::Primary => "primary",
+            Slot::Replica => "replica",
+        };
+        self.shared
+            .metrics
+            .routed
+            .with_label_values(&[self.cluster.name.as_str(), target, reason.as_str()])
+            .inc();
         let class = batch.class.clone().unwrap_or(Class::Empty);
         if matches!(class, Class::Pin(_)) {
             self.route.pinned = true;
