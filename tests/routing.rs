@@ -44,10 +44,11 @@ async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
     .await;
     let proxy = proxy_ready(&format!("routing: {{ read_your_writes: {mode} }}\n")).await;
     let counts = Arc::new(Counts::default());
-    let deadline = Instant::now() + run_for;
+    // Every session connects and prepares first; the clock starts when all are ready.
+    let ready = Arc::new(tokio::sync::Barrier::new(20));
     let mut tasks = Vec::new();
     for id in 0..16i32 {
-        let (counts, t, addr) = (counts.clone(), t.clone(), proxy.addr);
+        let (counts, t, addr, ready) = (counts.clone(), t.clone(), proxy.addr, ready.clone());
         tasks.push(tokio::spawn(async move {
             let c = connect(addr).await;
             let write = c
@@ -60,6 +61,8 @@ async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
                 ))
                 .await
                 .unwrap();
+            ready.wait().await;
+            let deadline = Instant::now() + run_for;
             let mut n = 0i64;
             while Instant::now() < deadline {
                 n += 1;
@@ -89,9 +92,11 @@ async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
         }));
     }
     for _ in 0..4 {
-        let (counts, t, addr) = (counts.clone(), t.clone(), proxy.addr);
+        let (counts, t, addr, ready) = (counts.clone(), t.clone(), proxy.addr, ready.clone());
         tasks.push(tokio::spawn(async move {
             let c = connect(addr).await;
+            ready.wait().await;
+            let deadline = Instant::now() + run_for;
             while Instant::now() < deadline {
                 let port: i32 = c
                     .query_one(&format!("select inet_server_port() from {t} limit 1"), &[])
