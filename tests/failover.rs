@@ -87,9 +87,10 @@ async fn failover_story() {
         .await
         .unwrap();
     let proxy = proxy(
-        "health: { interval: 100ms, fall: 2, rise: 2 }\nrouting: { max_replica_lag: 800ms }\n",
+        "health: { interval: 100ms, fall: 2, rise: 2 }\nrouting: { max_replica_lag: 800ms }\nadmin_listen: 127.0.0.1:0\n",
     )
     .await;
+    let admin = proxy.admin_addr.expect("admin listener");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let probe = connect(proxy.addr).await;
     assert_eq!(
@@ -250,6 +251,16 @@ async fn failover_story() {
     )
     .await;
     eprintln!("split brain detected {refused:?} after the old primary restarted");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("pgmeridian_primary_conflict{cluster=\"app\"} 1"),
+        "{metrics}"
+    );
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert!(
+        status.contains("503") && body.contains("app"),
+        "{status} {body}"
+    );
     c.primary.stop_immediate().unwrap();
     until(
         "writes work again once only one primary is left",

@@ -592,22 +592,6 @@ async fn pipelined_batches_to_different_backends_are_serialized() {
     assert_eq!(n, 15);
 }
 
-/// GETs `path` from the admin listener with plain HTTP/1.0; returns (status line, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
-
 fn counter(metrics: &str, reason: &str, target: &str) -> u64 {
     let key = format!("pgmeridian_routed_batches_total{{cluster=\"app\",reason=\"{reason}\",target=\"{target}\"}} ");
     metrics

@@ -284,3 +284,19 @@ pub async fn setup(sql: &str) {
     superuser("app").await.batch_execute(sql).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
 }
+
+/// GETs `path` from the admin listener with plain HTTP/1.0; returns (status line, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
