@@ -1,0 +1,83 @@
+//! Asking `route::decide` for a batch's target with the session's and cluster's current state,
+//! finding the node acting as primary, and wording refusals for the client.
+
+use super::*;
+
+/// What a client is told when a batch cannot be routed; the session goes on.
+pub(super) fn refusal(cluster: &str, reason: Reason) -> ClientError {
+    match reason {
+        Reason::NoPrimary => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("cluster \"{cluster}\" has no reachable primary; writes are refused until one is back"),
+        )
+        .with_hint("reads continue on replicas; a promoted replica is followed automatically"),
+        Reason::PrimaryConflict => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("more than one node of cluster \"{cluster}\" claims to be the primary; writes are refused until that resolves"),
+        ),
+        other => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("no replica of cluster \"{cluster}\" can serve this read ({})", other.as_str()),
+        )
+        .with_hint("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag"),
+    }
+}
+
+impl Relay<'_> {
+    pub(super) fn decide(
+        &mut self,
+        class: &Class,
+        hint: Option<Hint>,
+    ) -> Result<(Target, Reason), ClientError> {
+        let health = self.shared.health.load();
+        let cluster_health = health.clusters.get(&self.cluster.name).cloned();
+        if let Some(h) = &cluster_health {
+            self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
+        }
+        let input = RouteInput {
+            class,
+            hint,
+            session: &self.route,
+            cluster: &self.cluster,
+            health: cluster_health.as_deref(),
+            policy: &self.topology.routing,
+            location: self.topology.location,
+            now: std::time::Instant::now(),
+        };
+        match route::decide(&input) {
+            Decision::Route { target, reason } => Ok((target, reason)),
+            Decision::Refuse(reason) => {
+                self.shared
+                    .metrics
+                    .refused
+                    .with_label_values(&[self.cluster.name.as_str(), reason.as_str()])
+                    .inc();
+                Err(refusal(&self.cluster.name, reason))
+            }
+        }
+    }
+
+    /// The node acting as primary now (a promoted replica after a failover).
+    pub(super) fn effective_primary(&self) -> Result<Arc<NodeSpec>, ClientError> {
+        let health = self.shared.health.load();
+        let view = health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.primary_view());
+        match view {
+            None | Some(PrimaryView::Unknown) | Some(PrimaryView::One(0)) => {
+                Ok(self.cluster.primary.clone())
+            }
+            Some(PrimaryView::One(i)) => self
+                .cluster
+                .replicas
+                .get(i - 1)
+                .cloned()
+                .ok_or_else(|| refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::None) => Err(refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::Conflict) => {
+                Err(refusal(&self.cluster.name, Reason::PrimaryConflict))
+            }
+        }
+    }
+}
