@@ -19,7 +19,7 @@ pub enum Target {
 }
 
 /// Why it goes there; a metric label, so the set is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Not provably read-only (writes, DDL, unknown statements, read-write transactions).
     Write,

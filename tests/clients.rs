@@ -145,12 +145,7 @@ async fn transactions_commit_and_rollback() {
     let values: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(values, ["kept"]);
     // Seen from outside the proxy too.
-    let direct: i64 = superuser("app")
-        .await
-        .query_one(&format!("select count(*) from {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let direct: i64 = rows_on_primary(&t).await;
     assert_eq!(direct, 1);
 }
 

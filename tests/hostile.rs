@@ -267,12 +267,7 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
         .await
         .expect("shutdown completes once sessions are idle")
         .unwrap();
-    let n: i64 = superuser("app")
-        .await
-        .query_one(&format!("select count(*) from {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = rows_on_primary(&t).await;
     assert_eq!(n, 2);
     let err = idle.simple_query("select 1").await.unwrap_err();
     assert!(

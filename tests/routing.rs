@@ -32,6 +32,34 @@ struct Counts {
     reader_replica_reads: AtomicU64,
 }
 
+/// Reads session `id`'s row: (it shows write number `n`, a replica served it).
+async fn read_own_row(
+    c: &Client,
+    read: &tokio_postgres::Statement,
+    id: i32,
+    n: i64,
+) -> (bool, bool) {
+    let row = c.query_one(read, &[&id]).await.unwrap();
+    let (v, port): (i64, i32) = (row.get(0), row.get(1));
+    (v >= n, port != primary_port())
+}
+
+fn count(
+    reads: &AtomicU64,
+    stale: &AtomicU64,
+    replica_reads: &AtomicU64,
+    fresh: bool,
+    replica: bool,
+) {
+    reads.fetch_add(1, Ordering::Relaxed);
+    if !fresh {
+        stale.fetch_add(1, Ordering::Relaxed);
+    }
+    if replica {
+        replica_reads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// 16 sessions each write their own row and immediately read it back, for `run_for`; every
 /// 8th round a session also reads again 1.1 s after its write. 4 more sessions only read.
 async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
@@ -67,26 +95,24 @@ async fn consistency(mode: &str, run_for: Duration) -> Arc<Counts> {
             while Instant::now() < deadline {
                 n += 1;
                 c.execute(&write, &[&id, &n]).await.unwrap();
-                let row = c.query_one(&read, &[&id]).await.unwrap();
-                let (v, port): (i64, i32) = (row.get(0), row.get(1));
-                counts.reads.fetch_add(1, Ordering::Relaxed);
-                if v < n {
-                    counts.stale.fetch_add(1, Ordering::Relaxed);
-                }
-                if port != primary_port() {
-                    counts.replica_reads.fetch_add(1, Ordering::Relaxed);
-                }
+                let (fresh, replica) = read_own_row(&c, &read, id, n).await;
+                count(
+                    &counts.reads,
+                    &counts.stale,
+                    &counts.replica_reads,
+                    fresh,
+                    replica,
+                );
                 if n % 8 == 0 {
                     tokio::time::sleep(Duration::from_millis(1100)).await;
-                    let row = c.query_one(&read, &[&id]).await.unwrap();
-                    let (v, port): (i64, i32) = (row.get(0), row.get(1));
-                    counts.later_reads.fetch_add(1, Ordering::Relaxed);
-                    if v < n {
-                        counts.stale.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if port != primary_port() {
-                        counts.later_replica_reads.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let (fresh, replica) = read_own_row(&c, &read, id, n).await;
+                    count(
+                        &counts.later_reads,
+                        &counts.stale,
+                        &counts.later_replica_reads,
+                        fresh,
+                        replica,
+                    );
                 }
             }
         }));
@@ -448,6 +474,13 @@ async fn writes_a_replica_refuses_are_rerun_on_the_primary() {
     c.simple_query(&call)
         .await
         .expect("simple protocol: retried on the primary");
+    // The retried statement wrote: the read right after it must see that (read-your-writes).
+    let n: i64 = c
+        .query_one(format!("select count(*) from {t}").as_str(), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "stale read right after a retried write");
     let v: i32 = c
         .query_one(call.as_str(), &[])
         .await
@@ -457,12 +490,7 @@ async fn writes_a_replica_refuses_are_rerun_on_the_primary() {
     for _ in 0..3 {
         c.simple_query(&call).await.unwrap();
     }
-    let n: i64 = superuser("app")
-        .await
-        .query_one(&format!("select count(*) from {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = rows_on_primary(&t).await;
     assert_eq!(n, 5, "each call wrote exactly once");
     // Reads around it still use replicas once the write has replicated.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -583,12 +611,7 @@ async fn pipelined_batches_to_different_backends_are_serialized() {
             }
         }
     }
-    let n: i64 = superuser("app")
-        .await
-        .query_one(&format!("select count(*) from {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = rows_on_primary(&t).await;
     assert_eq!(n, 15);
 }
 

@@ -215,11 +215,6 @@ async fn pgbench_init_and_all_query_modes() {
         );
     }
     // The work landed on the primary.
-    let n: i64 = superuser("app")
-        .await
-        .query_one("select count(*) from pgbench_history", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = rows_on_primary("pgbench_history").await;
     assert_eq!(n, 1800);
 }

@@ -60,7 +60,7 @@ pub enum End {
 }
 
 /// The two backend connections a session may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Slot {
     Primary,
     Replica,
@@ -111,6 +111,8 @@ struct Relay<'s> {
     route: SessionRoute,
     /// The open transaction may have written (marks read-your-writes at its end).
     txn_wrote: bool,
+    /// `pgmeridian_routed_batches_total` handles this session has used.
+    routed_counters: std::collections::HashMap<(Slot, Reason), prometheus::IntCounter>,
     /// The batch in flight may open a transaction: pipelined batches behind it follow it.
     txn_may_be_opening: bool,
     max_message: usize,
@@ -155,6 +157,7 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         settings: Settings::default(),
         route: SessionRoute::default(),
         txn_wrote: false,
+        routed_counters: Default::default(),
         txn_may_be_opening: false,
         draining: false,
     };
@@ -497,10 +500,17 @@ impl Relay<'_> {
             Slot::Primary => "primary",
             Slot::Replica => "replica",
         };
-        self.shared
-            .metrics
-            .routed
-            .with_label_values(&[self.cluster.name.as_str(), target, reason.as_str()])
+        // Label lookups hash strings: resolve each (target, reason) once per session.
+        let (shared, cluster) = (self.shared, &self.cluster.name);
+        self.routed_counters
+            .entry((slot, reason))
+            .or_insert_with(|| {
+                shared.metrics.routed.with_label_values(&[
+                    cluster.as_str(),
+                    target,
+                    reason.as_str(),
+                ])
+            })
             .inc();
         let class = batch.class.clone().unwrap_or(Class::Empty);
         if matches!(class, Class::Pin(_)) {

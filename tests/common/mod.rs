@@ -187,6 +187,16 @@ pub async fn superuser(db: &str) -> Client {
     client
 }
 
+/// Rows of `table` counted directly on the primary, behind the proxy's back.
+pub async fn rows_on_primary(table: &str) -> i64 {
+    superuser("app")
+        .await
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A table name unique to the calling test.
 pub fn table(name: &str) -> String {
     format!("t_{name}_{}", std::process::id())
