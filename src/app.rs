@@ -40,6 +40,8 @@ pub struct Shared {
     /// Failed backend connects by sessions since the last probe round, keyed by node
     /// (`host:port`): the probe loop counts them as failed observations.
     pub connect_failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Client addresses to locations; follows the file and `geoip.database` on reload.
+    pub geoip: crate::geo::geoip::GeoIp,
 }
 
 impl Shared {
@@ -101,7 +103,10 @@ impl Shared {
                 })
             }
         };
+        let geoip = crate::geo::geoip::GeoIp::open(topology.geoip.as_deref())
+            .map_err(|e| vec![Problem::new("geoip.database", e)])?;
         Ok(Shared {
+            geoip,
             topology: ArcSwap::from_pointee(topology),
             health: ArcSwap::from_pointee(Health::default()),
             client_tls,
@@ -156,6 +161,7 @@ impl Proxy {
             }
         };
         crate::health::probe::spawn_all(&shared);
+        tokio::spawn(crate::geo::geoip::watch(shared.clone()));
         let task = tokio::spawn(server::run(listener, shared.clone()));
         Ok(Proxy {
             addr,

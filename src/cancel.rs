@@ -127,6 +127,8 @@ mod tests {
             location: crate::config::Region { lat: 0.0, lon: 0.0 },
             database: "app".into(),
             tls: BackendTlsSpec::Disable,
+            name: "n".into(),
+            sessions: Arc::default(),
         })
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use validate::validate;
+pub use validate::{parse_cidr, validate};
 
 /// One thing wrong with a configuration file, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,27 @@ pub struct Config {
     pub routing: Routing,
     #[serde(default)]
     pub health: Health,
+    /// Client location by IP address (a MaxMind City database).
+    #[serde(default)]
+    pub geoip: Option<GeoIp>,
+    /// PROXY protocol (v1/v2) from L4 load balancers.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIp {
+    /// A MaxMind City-format `.mmdb` file; reopened when it changes on disk.
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// Addresses (`10.0.0.0/8`, `192.0.2.7`) whose connections must start with a PROXY
+    /// header; a PROXY header from any other address is refused.
+    pub trusted: Vec<String>,
 }
 
 /// How statements are spread over the primary and replicas.
@@ -77,6 +98,10 @@ pub struct Routing {
     pub no_eligible_replica: NoEligibleReplica,
     /// Functions (`name` or `schema.name`) whose call makes a statement a write.
     pub write_functions: Vec<String>,
+    /// Replicas at the same distance are compared by probe RTT in steps of this size
+    /// (so that jitter does not flip the choice), then by sessions on them.
+    #[serde(with = "humantime_serde")]
+    pub rtt_granularity: Duration,
 }
 
 impl Default for Routing {
@@ -87,6 +112,7 @@ impl Default for Routing {
             max_replica_lag: Duration::from_secs(10),
             no_eligible_replica: NoEligibleReplica::Primary,
             write_functions: Vec::new(),
+            rtt_granularity: Duration::from_millis(5),
         }
     }
 }
@@ -200,11 +226,18 @@ pub struct Cluster {
     pub primary: Node,
     #[serde(default)]
     pub replicas: Vec<Node>,
+    /// Data residency: every node must sit in one of these regions, and reads are never
+    /// routed outside them. Empty: no restriction.
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
+    /// How metrics, logs and /status name the node; default `host:port`.
+    #[serde(default)]
+    pub name: Option<String>,
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub probe_rtt_seconds: GaugeVec,
     /// 1 while more than one node of the cluster claims to be the primary.
     pub primary_conflict: IntGaugeVec,
+    /// GeoIP lookups of client addresses, by result.
+    pub geoip_lookups: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -61,8 +63,8 @@ impl Metrics {
             routed: counter(
                 &registry,
                 "routed_batches_total",
-                "Statement batches routed, by cluster, target role and reason.",
-                &["cluster", "target", "reason"],
+                "Statement batches routed, by cluster, target role, node, reason and how the client was located.",
+                &["cluster", "target", "node", "reason", "geo"],
             ),
             refused: counter(
                 &registry,
@@ -107,6 +109,12 @@ impl Metrics {
                 "1 while more than one node of the cluster claims to be the primary.",
                 &["cluster"],
             ),
+            geoip_lookups: counter(
+                &registry,
+                "geoip_lookups_total",
+                "GeoIP lookups of client addresses, by result (found, not_found, off, error).",
+                &["result"],
+            ),
             registry,
         }
     }
@@ -135,11 +143,11 @@ mod tests {
     fn renders_prefixed_families_with_labels() {
         let m = Metrics::new();
         m.routed
-            .with_label_values(&["app", "replica", "read_nearest"])
+            .with_label_values(&["app", "replica", "eu:5432", "read_nearest", "geoip"])
             .inc();
         m.primary_conflict.with_label_values(&["app"]).set(1);
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains("pgmeridian_routed_batches_total{cluster=\"app\",reason=\"read_nearest\",target=\"replica\"} 1"), "{text}");
+        assert!(text.contains("pgmeridian_routed_batches_total{cluster=\"app\",geo=\"geoip\",node=\"eu:5432\",reason=\"read_nearest\",target=\"replica\"} 1"), "{text}");
         assert!(
             text.contains("# TYPE pgmeridian_primary_conflict gauge"),
             "{text}"

@@ -31,8 +31,11 @@ pub enum Reason {
     InTransaction,
     /// A routing hint (comment or `SET pgmeridian.route`) chose the target.
     Hint,
-    /// A read on the primary because every replica is beyond `max_replica_lag`.
+    /// A nearer replica is beyond `max_replica_lag`: the read went to the next one, or to the
+    /// primary when none is within it.
     LagExcluded,
+    /// A nearer replica is down: the read went to the next one, or to the primary.
+    UnhealthyExcluded,
     /// A read on the primary because no replica is configured, up and in recovery.
     NoReplicaFallback,
     /// The session used a feature that cannot move (temp table, LISTEN, …): primary for life.
@@ -57,6 +60,7 @@ impl Reason {
             Reason::InTransaction => "in_transaction",
             Reason::Hint => "hint",
             Reason::LagExcluded => "lag_excluded",
+            Reason::UnhealthyExcluded => "unhealthy_excluded",
             Reason::NoReplicaFallback => "no_replica_fallback",
             Reason::StickySessionFeature => "sticky_session_feature",
             Reason::ReadonlyRetry => "readonly_retry",
@@ -129,6 +133,8 @@ pub struct SessionRoute {
     pub requirement: Requirement,
     /// A replica to leave out of this decision (its connection just broke).
     pub avoid: Option<usize>,
+    /// The replica this session holds a connection to (it does not count toward its own load).
+    pub current_replica: Option<usize>,
 }
 
 pub struct RouteInput<'a> {
@@ -174,7 +180,7 @@ pub fn decide(input: &RouteInput) -> Decision {
         Some(Hint::Replica) if is_movable(input.class) => {
             // The client accepts staleness up to the lag budget, but not writes on a replica.
             return match best_replica(input, Requirement::None) {
-                Ok(i) => Decision::Route {
+                Ok((i, _)) => Decision::Route {
                     target: Target::Replica(i),
                     reason: Reason::Hint,
                 },
@@ -192,15 +198,15 @@ pub fn decide(input: &RouteInput) -> Decision {
         return primary_for(input, Reason::Write);
     }
     match best_replica(input, s.requirement) {
-        Ok(i) => Decision::Route {
+        Ok((i, reason)) => Decision::Route {
             target: Target::Replica(i),
-            reason: Reason::ReadNearest,
+            reason,
         },
         // Pinned to a primary that is gone: waiting cannot help (no new WAL position will be
         // sampled), and "reads continue from replicas" wins over a guarantee nobody can give.
         Err(Reason::PinnedAfterWrite) if no_primary(input) => {
             match best_replica(input, Requirement::None) {
-                Ok(i) => Decision::Route {
+                Ok((i, _)) => Decision::Route {
                     target: Target::Replica(i),
                     reason: Reason::NoPrimary,
                 },
@@ -240,16 +246,52 @@ fn fallback(input: &RouteInput, reason: Reason) -> Decision {
     }
 }
 
-/// The nearest replica that is up, within the lag budget and has what the session needs;
-/// otherwise why none qualified.
-fn best_replica(input: &RouteInput, need: Requirement) -> Result<usize, Reason> {
+/// How eligible replicas are ordered, best first: nearer (whole km), then lower probe RTT
+/// (in `rtt_granularity` steps, so jitter does not flip the choice; unmeasured last), then
+/// fewer sessions, then the replica the session already uses, then configuration order, so
+/// the choice is deterministic and a session does not hop between equals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RankKey {
+    pub distance_km: u64,
+    pub rtt_step: u64,
+    pub load: usize,
+    /// False for the session's current replica.
+    pub switch: bool,
+    pub index: usize,
+}
+
+impl RankKey {
+    pub fn new(
+        distance_km: f64,
+        rtt: Option<Duration>,
+        load: usize,
+        current: bool,
+        index: usize,
+        granularity: Duration,
+    ) -> RankKey {
+        let step = granularity.as_nanos().max(1);
+        RankKey {
+            distance_km: distance_km.round() as u64,
+            rtt_step: rtt.map_or(u64::MAX, |r| (r.as_nanos() / step) as u64),
+            load,
+            switch: !current,
+            index,
+        }
+    }
+}
+
+/// The best eligible replica (up, within the lag budget, has what the session needs, allowed by
+/// residency), with `read_nearest`, or the reason a nearer one was passed over; otherwise why
+/// none qualified.
+fn best_replica(input: &RouteInput, need: Requirement) -> Result<(usize, Reason), Reason> {
     let Some(health) = input.health else {
         return Err(Reason::NoReplicaFallback);
     };
     let max_lag = input.policy.max_replica_lag;
-    let mut saw_lagging = false;
     let mut saw_behind_write = false;
-    let mut best: Option<(f64, usize)> = None;
+    let mut best: Option<RankKey> = None;
+    // The nearest replica left out for being down or lagging, and why.
+    let mut passed_over: Option<(u64, Reason)> = None;
     for (i, (spec, h)) in input
         .cluster
         .replicas
@@ -257,27 +299,51 @@ fn best_replica(input: &RouteInput, need: Requirement) -> Result<usize, Reason> 
         .zip(&health.replicas)
         .enumerate()
     {
-        if !(h.up && h.in_recovery == Some(true)) || input.session.avoid == Some(i) {
+        if input.session.avoid == Some(i) || !input.cluster.allows(spec) {
             continue;
         }
-        if !h.serves_reads(max_lag) {
-            saw_lagging = true;
+        let km = distance_km(input.location, spec.location);
+        let excluded = if !h.up {
+            Some(Reason::UnhealthyExcluded)
+        } else if h.in_recovery != Some(true) {
+            // A promoted node is no replica; nothing to report.
+            continue;
+        } else if !h.serves_reads(max_lag) {
+            Some(Reason::LagExcluded)
+        } else {
+            None
+        };
+        if let Some(reason) = excluded {
+            let d = km.round() as u64;
+            // Lag wins a tie: it is the more telling reason (the node is there, but behind).
+            let nearer = passed_over.is_none_or(|(pd, pr)| {
+                d < pd || (d == pd && reason == Reason::LagExcluded && pr != reason)
+            });
+            if nearer {
+                passed_over = Some((d, reason));
+            }
             continue;
         }
         if !need.satisfied_by(h, input.now) {
             saw_behind_write = true;
             continue;
         }
-        let d = distance_km(input.location, spec.location);
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, i));
+        let own = input.session.current_replica == Some(i);
+        let load = spec
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(own as usize);
+        let key = RankKey::new(km, h.rtt, load, own, i, input.policy.rtt_granularity);
+        if best.is_none_or(|b| key < b) {
+            best = Some(key);
         }
     }
-    match best {
-        Some((_, i)) => Ok(i),
-        None if saw_behind_write => Err(Reason::PinnedAfterWrite),
-        None if saw_lagging => Err(Reason::LagExcluded),
-        None => Err(Reason::NoReplicaFallback),
+    match (best, passed_over) {
+        (Some(k), Some((d, reason))) if d <= k.distance_km => Ok((k.index, reason)),
+        (Some(k), _) => Ok((k.index, Reason::ReadNearest)),
+        (None, _) if saw_behind_write => Err(Reason::PinnedAfterWrite),
+        (None, Some((_, reason))) => Err(reason),
+        (None, None) => Err(Reason::NoReplicaFallback),
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::app::Shared;
+use crate::proxy_protocol;
 pub use batch::LearnedWrites;
 pub use handshake::Established;
 use handshake::Outcome;
@@ -21,20 +22,56 @@ pub use relay::End;
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one accepted client connection to completion.
-pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", id, client = %peer, cluster = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "session",
+        id,
+        client = %peer,
+        via = tracing::field::Empty,
+        cluster = tracing::field::Empty,
+        geo = tracing::field::Empty
+    );
     async move {
         let _ = tcp.set_nodelay(true);
-        let startup_timeout = shared.topology.load().limits.startup_timeout;
-        let outcome =
-            match tokio::time::timeout(startup_timeout, handshake::handshake(tcp, shared)).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    tracing::debug!(?startup_timeout, "client did not finish startup in time");
-                    return;
+        let (startup_timeout, trusted) = {
+            let t = shared.topology.load();
+            (
+                t.limits.startup_timeout,
+                !t.proxy_trusted.is_empty()
+                    && proxy_protocol::is_trusted(peer.ip(), &t.proxy_trusted),
+            )
+        };
+        let startup = async move {
+            let (client, early) = if trusted {
+                match proxy_protocol::read_header(&mut tcp, peer).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let io = crate::wire::MessageIo::new(crate::stream::Stream::Plain(tcp));
+                        let error = crate::error::ClientError::fatal(
+                            crate::error::sqlstate::PROTOCOL_VIOLATION,
+                            e,
+                        );
+                        return Outcome::Refused(io, error);
+                    }
                 }
+            } else {
+                (peer, bytes::BytesMut::new())
             };
+            if client != peer {
+                let span = tracing::Span::current();
+                span.record("via", tracing::field::display(peer));
+                span.record("client", tracing::field::display(client));
+            }
+            handshake::handshake(tcp, early, client, shared).await
+        };
+        let outcome = match tokio::time::timeout(startup_timeout, startup).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::debug!(?startup_timeout, "client did not finish startup in time");
+                return;
+            }
+        };
         match outcome {
             Outcome::Closed => {}
             Outcome::Refused(mut io, error) => {

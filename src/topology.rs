@@ -1,8 +1,10 @@
 //! The live, validated desired state built from a [`Config`]: users with their SCRAM secrets,
 //! clusters with their nodes and backend TLS settings. Immutable once built; published whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use pgwire::api::auth::sasl::scram::{gen_salted_password, SCRAM_ITERATIONS};
@@ -25,8 +27,13 @@ pub struct Topology {
     pub write_functions: WriteFunctions,
     pub health: HealthConfig,
     pub region: String,
-    /// Coordinates of `region`: the location reads are ranked from.
+    /// Coordinates of `region`: where clients are assumed to be when nothing says otherwise.
     pub location: Region,
+    /// Every named region, for `pgmeridian.region` startup options.
+    pub regions: BTreeMap<String, Region>,
+    /// Peers whose connections start with a PROXY header; empty: PROXY protocol off.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
+    pub geoip: Option<PathBuf>,
 }
 
 pub struct UserSpec {
@@ -42,6 +49,15 @@ pub struct ClusterSpec {
     pub name: String,
     pub primary: Arc<NodeSpec>,
     pub replicas: Vec<Arc<NodeSpec>>,
+    /// Residency: regions reads may be served from; empty means any.
+    pub allowed_regions: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// Whether residency rules let `node` serve this cluster's reads.
+    pub fn allows(&self, node: &NodeSpec) -> bool {
+        self.allowed_regions.is_empty() || self.allowed_regions.contains(&node.region)
+    }
 }
 
 /// Whether a node was listed as the primary or a replica (its observed role comes with health).
@@ -53,6 +69,8 @@ pub enum ConfiguredRole {
 
 pub struct NodeSpec {
     pub cluster: String,
+    /// Configured `name`, else `host:port`: the node's metric label.
+    pub name: String,
     pub role: ConfiguredRole,
     pub host: String,
     pub port: u16,
@@ -61,6 +79,9 @@ pub struct NodeSpec {
     /// Database name on the backend.
     pub database: String,
     pub tls: BackendTlsSpec,
+    /// Sessions holding a read connection to this node right now (live, not configuration:
+    /// the ranking's load tie-break).
+    pub sessions: Arc<AtomicUsize>,
 }
 
 pub enum BackendTlsSpec {
@@ -70,12 +91,9 @@ pub enum BackendTlsSpec {
 }
 
 impl NodeSpec {
-    /// A metric label naming the node by its configured role: `primary`, `replica0`, …
-    pub fn label(&self) -> String {
-        match self.role {
-            ConfiguredRole::Primary => "primary".to_owned(),
-            ConfiguredRole::Replica(i) => format!("replica{i}"),
-        }
+    /// The node's metric label: its configured `name`, else `host:port`.
+    pub fn label(&self) -> &str {
+        &self.name
     }
 }
 
@@ -138,6 +156,10 @@ impl Topology {
                 };
                 Arc::new(NodeSpec {
                     cluster: name.clone(),
+                    name: n
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{}", n.host, n.port)),
                     role,
                     host: n.host.clone(),
                     port: n.port,
@@ -145,6 +167,7 @@ impl Topology {
                     location: location_of(&n.region),
                     database: n.database.clone().unwrap_or_else(|| name.clone()),
                     tls,
+                    sessions: Arc::default(),
                 })
             };
             let primary = node(
@@ -168,6 +191,7 @@ impl Topology {
                 name: name.clone(),
                 primary,
                 replicas,
+                allowed_regions: c.allowed_regions.clone(),
             };
             clusters.insert(name.clone(), Arc::new(spec));
         }
@@ -184,6 +208,14 @@ impl Topology {
             health: config.health.clone(),
             region: config.region.clone(),
             location: location_of(&config.region),
+            regions: config.regions.clone(),
+            proxy_trusted: config
+                .proxy_protocol
+                .iter()
+                .flat_map(|p| &p.trusted)
+                .filter_map(|t| crate::config::parse_cidr(t).ok())
+                .collect(),
+            geoip: config.geoip.as_ref().map(|g| g.database.clone()),
         })
     }
 }

@@ -64,6 +64,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             p.push(Problem::new("clusters", "a cluster name must not be empty"));
         }
         let mut addrs = BTreeSet::new();
+        let mut names = BTreeSet::new();
         let nodes = std::iter::once((format!("clusters.{name}.primary"), &cluster.primary)).chain(
             cluster
                 .replicas
@@ -71,8 +72,43 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 .enumerate()
                 .map(|(i, n)| (format!("clusters.{name}.replicas[{i}]"), n)),
         );
+        for (i, r) in cluster.allowed_regions.iter().enumerate() {
+            if !config.regions.contains_key(r) {
+                p.push(Problem::new(
+                    format!("clusters.{name}.allowed_regions[{i}]"),
+                    unknown_region(r, config),
+                ));
+            }
+        }
         for (path, node) in nodes {
             check_node(node, &path, config, &mut p);
+            if !cluster.allowed_regions.is_empty()
+                && !cluster.allowed_regions.contains(&node.region)
+            {
+                p.push(Problem::new(
+                    format!("{path}.region"),
+                    format!(
+                        "{:?} is outside clusters.{name}.allowed_regions ({})",
+                        node.region,
+                        cluster.allowed_regions.join(", ")
+                    ),
+                ));
+            }
+            let label = node
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", node.host, node.port));
+            if matches!(&node.name, Some(n) if n.trim().is_empty()) {
+                p.push(Problem::new(
+                    format!("{path}.name"),
+                    "must not be empty when given",
+                ));
+            } else if !names.insert(label.clone()) {
+                p.push(Problem::new(
+                    format!("{path}.name"),
+                    format!("node name {label:?} is used twice in this cluster"),
+                ));
+            }
             if !addrs.insert((node.host.as_str(), node.port)) {
                 p.push(Problem::new(
                     path,
@@ -135,6 +171,30 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if r.rtt_granularity.is_zero() {
+        p.push(Problem::new(
+            "routing.rtt_granularity",
+            "must be greater than 0s",
+        ));
+    }
+    if let Some(pp) = &config.proxy_protocol {
+        if pp.trusted.is_empty() {
+            p.push(Problem::new(
+                "proxy_protocol.trusted",
+                "list at least one address or CIDR, or remove proxy_protocol",
+            ));
+        }
+        for (i, t) in pp.trusted.iter().enumerate() {
+            if let Err(e) = parse_cidr(t) {
+                p.push(Problem::new(format!("proxy_protocol.trusted[{i}]"), e));
+            }
+        }
+    }
+    if let Some(g) = &config.geoip {
+        if g.database.as_os_str().is_empty() {
+            p.push(Problem::new("geoip.database", "must not be empty"));
+        }
+    }
     let h = &config.health;
     if h.interval.is_zero() || h.timeout.is_zero() {
         p.push(Problem::new(
@@ -154,6 +214,15 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`).
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))
 }
 
 fn check_addr(value: &str, path: &str, p: &mut Vec<Problem>) {

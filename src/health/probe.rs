@@ -142,7 +142,7 @@ fn publish_metrics(shared: &Shared, cluster: &str, nodes: &[Arc<NodeSpec>], h: &
         .zip(std::iter::once(&h.primary).chain(&h.replicas))
         .enumerate()
     {
-        let labels = [cluster, node.label().as_str()].map(str::to_owned);
+        let labels = [cluster, node.label()].map(str::to_owned);
         let labels = [labels[0].as_str(), labels[1].as_str()];
         m.node_up.with_label_values(&labels).set(i64::from(n.up));
         let acting = matches!(view, super::PrimaryView::One(p) if p == i);

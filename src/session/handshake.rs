@@ -2,7 +2,10 @@
 //! StartupMessage, authentication, cluster lookup and the first backend login. Ends with the
 //! client holding AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::BytesMut;
 
 use pgwire::messages::startup::Authentication;
 use tokio::net::TcpStream;
@@ -13,12 +16,15 @@ use crate::auth::{self, AuthError};
 use crate::backend::{self, BackendConn};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::error::{sqlstate, ClientError};
+use crate::geo::geoip::Lookup;
+use crate::geo::{self, ClientLocation};
 use crate::health::PrimaryView;
 use crate::protocol::backend::TxnStatus;
 use crate::protocol::encode;
 use crate::protocol::startup::StartupPacket;
+use crate::proxy_protocol;
 use crate::stream::Stream;
-use crate::topology::{ClusterSpec, UserSpec};
+use crate::topology::{ClusterSpec, Topology, UserSpec};
 use crate::wire::{MessageIo, WireError};
 
 /// A session past its startup phase, ready to relay.
@@ -31,6 +37,8 @@ pub struct Established {
     /// `Some(i)`: the login connection is to `replicas[i]` as a replica (no primary was up).
     pub login_replica: Option<usize>,
     pub cancel: CancelHandle,
+    /// Where reads are ranked from.
+    pub location: ClientLocation,
 }
 
 /// The node to log in to: the observed primary, else the first replica the probes see up.
@@ -73,11 +81,27 @@ fn protocol_violation(msg: impl Into<String>) -> ClientError {
     ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg)
 }
 
-pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
+/// `early`: bytes already read after a PROXY header; `client`: the real client address.
+pub async fn handshake(
+    tcp: TcpStream,
+    early: BytesMut,
+    client: SocketAddr,
+    shared: &Shared,
+) -> Outcome {
     let mut io = MessageIo::new(Stream::Plain(tcp));
+    io.rbuf.unsplit(early);
     let (minor, mut params) = loop {
         let packet = match io.read_startup().await {
             Ok(p) => p,
+            Err(WireError::Startup(_)) if proxy_protocol::looks_like_header(&io.rbuf) => {
+                return Outcome::Refused(
+                    io,
+                    protocol_violation(format!(
+                        "PROXY protocol header from {}, which is not in proxy_protocol.trusted",
+                        client.ip()
+                    )),
+                );
+            }
             Err(WireError::Startup(e)) => {
                 return Outcome::Refused(io, protocol_violation(e.to_string()))
             }
@@ -155,6 +179,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         .with_hint("connect replication clients to the primary directly");
         return Outcome::Refused(io, e);
     }
+    let requested = geo::take_requested(&mut params);
     let Some(user_name) = param(&params, "user").map(str::to_owned) else {
         return Outcome::Refused(
             io,
@@ -207,6 +232,10 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         );
     };
     tracing::Span::current().record("cluster", cluster.name.as_str());
+    let location = match locate(shared, &topology, requested.as_ref(), client) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Refused(io, e),
+    };
 
     // One backend answers the login: its ParameterStatus values describe the session, and it
     // proves the credentials work before the client is told so. That is the primary (the
@@ -238,6 +267,7 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         return Outcome::Closed;
     }
     Outcome::Session(Box::new(Established {
+        location,
         login_replica,
         client: io,
         user,
@@ -246,6 +276,40 @@ pub async fn handshake(tcp: TcpStream, shared: &Shared) -> Outcome {
         backend,
         cancel,
     }))
+}
+
+/// The session's location: its startup option, else GeoIP, else the proxy's region.
+fn locate(
+    shared: &Shared,
+    topology: &Topology,
+    requested: Option<&geo::Requested>,
+    client: SocketAddr,
+) -> Result<ClientLocation, ClientError> {
+    let found = match requested {
+        Some(_) => None,
+        None => {
+            let lookup = shared.geoip.lookup(client.ip());
+            if lookup != Lookup::Off {
+                shared
+                    .metrics
+                    .geoip_lookups
+                    .with_label_values(&[lookup.as_str()])
+                    .inc();
+            }
+            match lookup {
+                Lookup::Found(at) => Some(at),
+                _ => None,
+            }
+        }
+    };
+    let location = geo::locate(requested, &topology.regions, found, topology.location)
+        .map_err(|e| {
+            ClientError::fatal(sqlstate::INVALID_PARAMETER_VALUE, e).with_hint(
+                "use a region named under `regions:` in the proxy configuration, or pgmeridian.location=LAT,LON",
+            )
+        })?;
+    tracing::Span::current().record("geo", location.source.as_str());
+    Ok(location)
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -89,6 +89,8 @@ enum LocalReply {
 
 struct Relay<'s> {
     shared: &'s Shared,
+    /// Where this client is, for ranking replicas.
+    location: crate::geo::ClientLocation,
     topology: Arc<Topology>,
     cluster: Arc<ClusterSpec>,
     user: Arc<UserSpec>,
@@ -112,7 +114,9 @@ struct Relay<'s> {
     /// The open transaction may have written (marks read-your-writes at its end).
     txn_wrote: bool,
     /// `pgmeridian_routed_batches_total` handles this session has used.
-    routed_counters: std::collections::HashMap<(Slot, Reason), prometheus::IntCounter>,
+    /// Keyed by slot, reason and node (by address: the session holds the node, so it is not
+    /// reused while cached).
+    routed_counters: std::collections::HashMap<(Slot, Reason, usize), prometheus::IntCounter>,
     /// The batch in flight may open a transaction: pipelined batches behind it follow it.
     txn_may_be_opening: bool,
     max_message: usize,
@@ -128,6 +132,7 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         user,
         cluster,
         params,
+        location,
     } = session;
     let (primary, replica) = match login_replica {
         None => (Some(BackendSide::new(backend, None, 0)), None),
@@ -137,6 +142,7 @@ pub async fn run(session: Established, shared: &Shared) -> End {
     let (client_r, client_w) = tokio::io::split(client.io);
     let mut relay = Relay {
         shared,
+        location,
         max_message: topology.limits.max_message_bytes,
         topology,
         cluster,
@@ -458,7 +464,7 @@ impl Relay<'_> {
             Err(e) if slot == Slot::Replica && self.route.txn == TxnStatus::Idle => {
                 tracing::warn!(error = %e, "replica unavailable; serving from the primary");
                 match self.ensure_connected(Slot::Primary, None).await {
-                    Ok(()) => (Slot::Primary, Reason::NoReplicaFallback),
+                    Ok(()) => (Slot::Primary, Reason::UnhealthyExcluded),
                     Err(e) => return self.answer_instead(batch, e),
                 }
             }
@@ -500,18 +506,22 @@ impl Relay<'_> {
             Slot::Primary => "primary",
             Slot::Replica => "replica",
         };
-        // Label lookups hash strings: resolve each (target, reason) once per session.
-        let (shared, cluster) = (self.shared, &self.cluster.name);
-        self.routed_counters
-            .entry((slot, reason))
-            .or_insert_with(|| {
-                shared.metrics.routed.with_label_values(&[
-                    cluster.as_str(),
-                    target,
-                    reason.as_str(),
-                ])
-            })
-            .inc();
+        // Label lookups hash strings: resolve each (node, reason) once per session.
+        let (shared, cluster, geo) = (self.shared, &self.cluster.name, self.location.source);
+        if let Some(node) = self.slot_ref(slot).map(|b| b.node.clone()) {
+            self.routed_counters
+                .entry((slot, reason, Arc::as_ptr(&node) as usize))
+                .or_insert_with(|| {
+                    shared.metrics.routed.with_label_values(&[
+                        cluster.as_str(),
+                        target,
+                        node.label(),
+                        reason.as_str(),
+                        geo.as_str(),
+                    ])
+                })
+                .inc();
+        }
         let class = batch.class.clone().unwrap_or(Class::Empty);
         if matches!(class, Class::Pin(_)) {
             self.route.pinned = true;

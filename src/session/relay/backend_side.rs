@@ -65,6 +65,24 @@ pub(super) struct BackendSide {
     pub(super) settings_version: u64,
     /// Answers to a retryable batch, held until it is clear they can be forwarded.
     pub(super) tentative: BytesMut,
+    /// Counts this session in the replica's load while the connection lives.
+    _load: Option<LoadGuard>,
+}
+
+/// One session's share of a replica's `sessions` count.
+struct LoadGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl LoadGuard {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> LoadGuard {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LoadGuard(count.clone())
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl BackendSide {
@@ -75,6 +93,7 @@ impl BackendSide {
     ) -> BackendSide {
         let (r, w) = tokio::io::split(conn.io.io);
         BackendSide {
+            _load: replica_index.map(|_| LoadGuard::new(&conn.node.sessions)),
             node: conn.node,
             replica_index,
             pid: conn.pid,

@@ -34,6 +34,7 @@ impl Relay<'_> {
         if let Some(h) = &cluster_health {
             self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
         }
+        self.route.current_replica = self.replica.as_ref().and_then(|b| b.replica_index);
         let input = RouteInput {
             class,
             hint,
@@ -41,7 +42,7 @@ impl Relay<'_> {
             cluster: &self.cluster,
             health: cluster_health.as_deref(),
             policy: &self.topology.routing,
-            location: self.topology.location,
+            location: self.location.at,
             now: std::time::Instant::now(),
         };
         match route::decide(&input) {
