@@ -30,6 +30,9 @@ enum Command {
         /// Port for the proxy (a free one is used if this is busy).
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Port for the admin HTTP listener (/metrics, /status; a free one is used if busy).
+        #[arg(long, default_value_t = 9930)]
+        admin_port: u16,
     },
     /// Relay TCP connections to another address, adding a fixed delay in each direction
     /// (simulated distance, for demos and tests).
@@ -66,9 +69,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => block_on(pgmeridian::app::run(&config)),
-        Command::Demo { port } => block_on(pgmeridian::demo::run(pgmeridian::demo::DemoOptions {
-            port,
-        })),
+        Command::Demo { port, admin_port } => {
+            block_on(pgmeridian::demo::run(pgmeridian::demo::DemoOptions {
+                port,
+                admin_port,
+            }))
+        }
         Command::Delay { listen, to, delay } => block_on(relay(listen, to, delay)),
     }
 }
