@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cancel;
 pub mod classify;
 pub mod config;
+pub mod delay;
 pub mod demo;
 pub mod error;
 pub mod geo;

@@ -27,7 +27,12 @@ impl PgBin {
             return if dir.join("initdb").is_file() {
                 Ok(PgBin { dir })
             } else {
-                Err(format!("PGMERIDIAN_PG_BIN={} has no initdb", dir.display()))
+                Err(format!(
+                    "PGMERIDIAN_PG_BIN={} has no initdb: point it at the directory holding initdb, \
+                     pg_ctl and pg_basebackup, or unset it to use /usr/lib/postgresql/*/bin \
+                     (Debian/Ubuntu: `apt-get install postgresql`)",
+                    dir.display()
+                ))
             };
         }
         let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
@@ -161,6 +166,12 @@ host all all 127.0.0.1/32 scram-sha-256
 impl LocalCluster {
     /// Creates and starts a primary (initdb) under a fresh directory named after `label`.
     pub fn start_primary(label: &str) -> Result<LocalCluster, String> {
+        Self::start_primary_with_conf(label, "")
+    }
+
+    /// Like [`LocalCluster::start_primary`], with `extra_conf` appended to postgresql.conf
+    /// before the first start (replicas copy it; their own settings come later and win).
+    pub fn start_primary_with_conf(label: &str, extra_conf: &str) -> Result<LocalCluster, String> {
         let bin = PgBin::find()?;
         let run_as = RunAs::detect()?;
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +208,7 @@ impl LocalCluster {
                 "UTF8",
                 "--no-sync",
             ]))?;
-        let conf = format!("{PRIMARY_CONF}port = {}\n", primary.port);
+        let conf = format!("{PRIMARY_CONF}port = {}\n{extra_conf}\n", primary.port);
         append(&primary.data.join("postgresql.conf"), &conf)?;
         fs::write(primary.data.join("pg_hba.conf"), PG_HBA).map_err(|e| e.to_string())?;
         let cluster = LocalCluster {
@@ -214,6 +225,17 @@ impl LocalCluster {
 
     /// Adds a streaming replica of the primary (pg_basebackup -R) and starts it.
     pub fn add_replica(&mut self, name: &str, opts: &ReplicaOptions) -> Result<&LocalNode, String> {
+        self.add_replica_with_conf(name, opts, "")
+    }
+
+    /// Like [`LocalCluster::add_replica`], with `extra_conf` appended to the replica's
+    /// postgresql.conf before it starts (for example `cluster_name = 'eu-west-replica'`).
+    pub fn add_replica_with_conf(
+        &mut self,
+        name: &str,
+        opts: &ReplicaOptions,
+        extra_conf: &str,
+    ) -> Result<&LocalNode, String> {
         let node = LocalNode {
             name: name.into(),
             port: free_port()?,
@@ -242,6 +264,8 @@ impl LocalCluster {
                 opts.apply_delay_ms
             ));
         }
+        conf.push_str(extra_conf);
+        conf.push('\n');
         append(&node.data.join("postgresql.conf"), &conf)?;
         node.start()?;
         self.replicas.push(node);

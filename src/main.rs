@@ -30,6 +30,22 @@ enum Command {
         /// Port for the proxy (a free one is used if this is busy).
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Port for the admin HTTP listener (/metrics, /status; a free one is used if busy).
+        #[arg(long, default_value_t = 9930)]
+        admin_port: u16,
+    },
+    /// Relay TCP connections to another address, adding a fixed delay in each direction
+    /// (simulated distance, for demos and tests).
+    Delay {
+        /// Address to accept connections on, e.g. 0.0.0.0:5432.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Where to relay them: IP:port or host:port (resolved for each connection).
+        #[arg(long)]
+        to: String,
+        /// One-way delay: 40ms, 0.09s, or a number of milliseconds.
+        #[arg(long, value_parser = pgmeridian::delay::parse_delay)]
+        delay: std::time::Duration,
     },
 }
 
@@ -53,10 +69,34 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => block_on(pgmeridian::app::run(&config)),
-        Command::Demo { port } => block_on(pgmeridian::demo::run(pgmeridian::demo::DemoOptions {
-            port,
-        })),
+        Command::Demo { port, admin_port } => {
+            block_on(pgmeridian::demo::run(pgmeridian::demo::DemoOptions {
+                port,
+                admin_port,
+            }))
+        }
+        Command::Delay { listen, to, delay } => block_on(relay(listen, to, delay)),
     }
+}
+
+/// `pgmeridian delay`: relays until SIGINT or SIGTERM.
+async fn relay(
+    listen: std::net::SocketAddr,
+    to: String,
+    delay: std::time::Duration,
+) -> Result<(), String> {
+    let relay = pgmeridian::delay::DelayRelay::start_to_host(listen, to.clone(), delay)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(listen = %relay.addr(), to = %to, one_way = ?delay, "relaying with delay");
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping the relay");
+    Ok(())
 }
 
 fn block_on(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
