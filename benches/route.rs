@@ -21,6 +21,8 @@ fn node(role: ConfiguredRole, lat: f64, lon: f64) -> Arc<NodeSpec> {
         location: Region { lat, lon },
         database: "app".into(),
         tls: BackendTlsSpec::Disable,
+        name: "n".into(),
+        sessions: Arc::default(),
     })
 }
 
@@ -33,6 +35,7 @@ fn bench(c: &mut Criterion) {
             node(ConfiguredRole::Replica(1), 1.35, 103.8),
             node(ConfiguredRole::Replica(2), 45.5, -73.6),
         ],
+        allowed_regions: Vec::new(),
     };
     let replica = |lsn| NodeHealth {
         up: true,

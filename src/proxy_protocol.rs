@@ -21,10 +21,12 @@ pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&peer))
 }
 
-/// Whether `buf` starts like a PROXY header (of either version), as far as it goes.
+/// Whether `buf` (non-empty) starts like a PROXY header of either version, as far as it goes.
 pub fn looks_like_header(buf: &[u8]) -> bool {
+    const V1: &[u8] = b"PROXY ";
     let n = buf.len().min(V2_SIGNATURE.len());
-    (n >= 4 && buf[..n] == V2_SIGNATURE[..n]) || buf.starts_with(b"PROXY ")
+    let m = buf.len().min(V1.len());
+    !buf.is_empty() && (buf[..n] == V2_SIGNATURE[..n] || buf[..m] == V1[..m])
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -88,18 +90,18 @@ pub async fn read_header(
 ) -> Result<(SocketAddr, BytesMut), String> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
+        if !buf.is_empty() && !looks_like_header(&buf) {
+            return Err(format!(
+                "expected a PROXY protocol header from {} (listed in proxy_protocol.trusted)",
+                peer.ip()
+            ));
+        }
         match parse(&buf) {
             Parsed::Complete { client, len } => {
                 buf.advance(len);
                 return Ok((client.unwrap_or(peer), buf));
             }
             Parsed::Invalid(e) => return Err(e),
-            Parsed::Incomplete if !buf.is_empty() && !looks_like_header(&buf) => {
-                return Err(format!(
-                    "expected a PROXY protocol header from {} (listed in proxy_protocol.trusted)",
-                    peer.ip()
-                ))
-            }
             Parsed::Incomplete => {}
         }
         buf.reserve(512);
@@ -209,7 +211,10 @@ mod tests {
         assert!(looks_like_header(b"PROXY TCP4"));
         assert!(looks_like_header(&V2_SIGNATURE[..6]));
         assert!(!looks_like_header(&[0, 0, 0, 8, 4, 210, 22, 47]));
-        assert!(!looks_like_header(b"\r\n"));
+        assert!(looks_like_header(b"\r\n"));
+        assert!(looks_like_header(b"PRO"));
+        assert!(!looks_like_header(b""));
+        assert!(!looks_like_header(b"PROXX"));
         let trusted = vec![
             crate::config::parse_cidr("10.0.0.0/8").unwrap(),
             crate::config::parse_cidr("::1").unwrap(),

@@ -106,8 +106,12 @@ async fn failover_story() {
     r0.stop_immediate().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     r0.start().unwrap();
+    // A fresh session: existing ones keep the replica they moved to (equal rank, no hopping).
     let back = until("replica 0 serves reads again", || async {
-        port(&probe).await.ok() == Some(r0_port)
+        match connect_as(proxy.addr, "app", APP_PASSWORD).await {
+            Ok(s) => port(&s).await.ok() == Some(r0_port),
+            Err(_) => false,
+        }
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -199,8 +203,11 @@ async fn failover_story() {
         db.message().contains("\"app\"") || db.message().contains("app/primary"),
         "{db:?}"
     );
+    // Both replicas sit in one region at loopback RTT: the ranking's load tie-break may pick
+    // either one.
     for _ in 0..20 {
-        assert_eq!(port(&session).await.expect("reads continue"), r0_port);
+        let served = port(&session).await.expect("reads continue");
+        assert!([r0_port, r1_port].contains(&served), "{served}");
     }
     // A new client can still log in and read.
     let fresh = connect(proxy.addr).await;

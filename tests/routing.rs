@@ -615,12 +615,19 @@ async fn pipelined_batches_to_different_backends_are_serialized() {
     assert_eq!(n, 15);
 }
 
+/// `routed_batches_total` for cluster `app` with this reason and target, summed over nodes
+/// and geo sources.
 fn counter(metrics: &str, reason: &str, target: &str) -> u64 {
-    let key = format!("pgmeridian_routed_batches_total{{cluster=\"app\",reason=\"{reason}\",target=\"{target}\"}} ");
+    let (r, t) = (
+        format!("reason=\"{reason}\""),
+        format!("target=\"{target}\""),
+    );
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .map_or(0, |v| v.trim().parse().unwrap())
+        .filter(|l| l.starts_with("pgmeridian_routed_batches_total{cluster=\"app\","))
+        .filter(|l| l.contains(&r) && l.contains(&t))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,13 +657,16 @@ async fn metrics_show_why_each_statement_went_where_it_did() {
     assert_eq!(moved("write", "primary"), 1, "{after}");
     assert_eq!(moved("pinned_after_write", "primary"), 1, "{after}");
     assert_eq!(moved("read_nearest", "replica"), 1, "{after}");
+    let c = cluster();
+    let primary = format!("node=\"127.0.0.1:{}\"", c.primary.port);
+    let replica1 = format!("node=\"127.0.0.1:{}\"", c.replicas[1].port);
     for family in [
-        "pgmeridian_node_up{cluster=\"app\",node=\"primary\"} 1",
-        "pgmeridian_node_primary{cluster=\"app\",node=\"primary\"} 1",
-        "pgmeridian_replica_lag_seconds{cluster=\"app\",node=\"replica1\"}",
-        "pgmeridian_client_connections",
+        format!("pgmeridian_node_up{{cluster=\"app\",{primary}}} 1"),
+        format!("pgmeridian_node_primary{{cluster=\"app\",{primary}}} 1"),
+        format!("pgmeridian_replica_lag_seconds{{cluster=\"app\",{replica1}}}"),
+        "pgmeridian_client_connections".to_owned(),
     ] {
-        assert!(after.contains(family), "missing {family}:\n{after}");
+        assert!(after.contains(&family), "missing {family}:\n{after}");
     }
     assert!(!after.contains(&t), "no SQL text in metrics");
     let (status, _) = http_get(admin, "/healthz").await;

@@ -140,6 +140,36 @@ fn each_mistake_is_reported_at_its_yaml_path() {
             "port: 70000",
             "clusters.app.replicas[0].port: invalid value",
         ),
+        (
+            "  app:\n",
+            "  app:\n    allowed_regions: [us-east]\n",
+            "clusters.app.replicas[0].region: \"eu-west\" is outside clusters.app.allowed_regions",
+        ),
+        (
+            "  app:\n",
+            "  app:\n    allowed_regions: [us-east, eu-west, moon]\n",
+            "clusters.app.allowed_regions[2]: region \"moon\" is not defined",
+        ),
+        (
+            "health: { interval: 50ms }",
+            "proxy_protocol: { trusted: [10.0.0.0/8, 10.0.0.300] }",
+            "proxy_protocol.trusted[1]: \"10.0.0.300\" is not an IP address or CIDR range",
+        ),
+        (
+            "health: { interval: 50ms }",
+            "proxy_protocol: { trusted: [] }",
+            "proxy_protocol.trusted: list at least one",
+        ),
+        (
+            "{ host: 127.0.0.1, port: 5433,",
+            "{ name: \"127.0.0.1:5432\", host: 127.0.0.1, port: 5433,",
+            "clusters.app.replicas[0].name: node name \"127.0.0.1:5432\" is used twice",
+        ),
+        (
+            "max_replica_lag: 10s",
+            "max_replica_lag: 10s, rtt_granularity: 0s",
+            "routing.rtt_granularity: must be greater than 0s",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(VALID.contains(from), "fixture lacks {from:?}");

@@ -55,6 +55,22 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     })
 }
 
+/// The part of a City record we use (decoding only this is cheaper, and tolerant of how
+/// other fields were typed by whichever tool wrote the file).
+#[derive(serde::Deserialize)]
+struct Record {
+    #[serde(default)]
+    location: Option<Coordinates>,
+}
+
+#[derive(serde::Deserialize)]
+struct Coordinates {
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+}
+
 struct Db {
     path: PathBuf,
     stamp: Stamp,
@@ -96,12 +112,14 @@ impl GeoIp {
             Ok(r) => r,
             Err(_) => return Lookup::Error,
         };
-        match result.decode::<maxminddb::geoip2::City>() {
-            Ok(Some(city)) => match (city.location.latitude, city.location.longitude) {
+        match result.decode::<Record>() {
+            Ok(Some(Record {
+                location: Some(location),
+            })) => match (location.latitude, location.longitude) {
                 (Some(lat), Some(lon)) => Lookup::Found(Region { lat, lon }),
                 _ => Lookup::NotFound,
             },
-            Ok(None) => Lookup::NotFound,
+            Ok(None | Some(Record { location: None })) => Lookup::NotFound,
             Err(_) => Lookup::Error,
         }
     }
@@ -156,5 +174,67 @@ pub async fn watch(shared: Arc<crate::app::Shared>) {
                 last_error = Some(e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_db(path: &Path, lat: f64, lon: f64) {
+        use mmdb_writer::{ipnet::IpNet, ReservedNetworks, Writer};
+        let mut w = Writer::builder("GeoIP2-City")
+            .reserved_networks(ReservedNetworks::Included)
+            .build();
+        let record = serde_json::json!({ "location": { "latitude": lat, "longitude": lon } });
+        w.insert("192.0.2.0/24".parse::<IpNet>().unwrap(), &record)
+            .unwrap();
+        // Replace atomically, as deployment tools do.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, w.to_bytes().unwrap()).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn lookups_follow_the_file_and_survive_a_bad_copy() {
+        let dir = std::env::temp_dir().join(format!("pgm-geoip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("city.mmdb");
+        write_db(&path, 48.85, 2.35);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let g = GeoIp::open(Some(&path)).unwrap();
+        assert_eq!(
+            g.lookup(ip),
+            Lookup::Found(Region {
+                lat: 48.85,
+                lon: 2.35
+            })
+        );
+        assert_eq!(g.lookup("198.51.100.1".parse().unwrap()), Lookup::NotFound);
+        assert_eq!(g.lookup("::ffff:192.0.2.1".parse().unwrap()), g.lookup(ip));
+        assert_eq!(g.refresh(Some(&path)), Ok(false), "unchanged file");
+        write_db(&path, 35.68, 139.69);
+        assert_eq!(g.refresh(Some(&path)), Ok(true), "replaced file");
+        assert_eq!(
+            g.lookup(ip),
+            Lookup::Found(Region {
+                lat: 35.68,
+                lon: 139.69
+            })
+        );
+        std::fs::write(&path, b"half a file").unwrap();
+        assert!(g.refresh(Some(&path)).is_err(), "a broken file is reported");
+        assert_eq!(
+            g.lookup(ip),
+            Lookup::Found(Region {
+                lat: 35.68,
+                lon: 139.69
+            }),
+            "and the old one keeps serving"
+        );
+        assert!(GeoIp::open(Some(&dir.join("missing.mmdb"))).is_err());
+        assert_eq!(g.refresh(None), Ok(true));
+        assert_eq!(g.lookup(ip), Lookup::Off);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,6 +24,21 @@ fn regions() -> BTreeMap<String, Region> {
     .collect()
 }
 
+/// (name, requested, GeoIP finding, expected)
+type LocateCase = (
+    &'static str,
+    Option<Requested>,
+    Option<Region>,
+    Result<ClientLocation, ()>,
+);
+/// (name, startup parameters, expected request, parameters left for the backend)
+type OptionsCase = (
+    &'static str,
+    Vec<(String, String)>,
+    Option<Requested>,
+    Vec<(String, String)>,
+);
+
 const PROXY: Region = Region {
     lat: 39.0,
     lon: -77.5,
@@ -37,12 +52,7 @@ const PARIS: Region = Region {
 fn location_comes_from_the_option_then_geoip_then_the_proxy() {
     let r = regions();
     let eu = Requested::Region("eu-west".into());
-    let cases: Vec<(
-        &str,
-        Option<Requested>,
-        Option<Region>,
-        Result<ClientLocation, ()>,
-    )> = vec![
+    let cases: Vec<LocateCase> = vec![
         (
             "region option wins over GeoIP",
             Some(eu.clone()),
@@ -124,12 +134,7 @@ fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn startup_options_are_found_and_removed() {
-    let cases: Vec<(
-        &str,
-        Vec<(String, String)>,
-        Option<Requested>,
-        Vec<(String, String)>,
-    )> = vec![
+    let cases: Vec<OptionsCase> = vec![
         (
             "-c with a space",
             params(&[("user", "u"), ("options", "-c pgmeridian.region=eu-west")]),
