@@ -18,6 +18,8 @@ use crate::config::{
 use crate::tls;
 
 pub struct Topology {
+    /// 1 for the configuration loaded at start, +1 for each applied reload.
+    pub generation: u64,
     pub users: HashMap<String, Arc<UserSpec>>,
     /// The same users in configuration order.
     pub users_in_order: Vec<Arc<UserSpec>>,
@@ -199,6 +201,7 @@ impl Topology {
             return Err(problems);
         }
         Ok(Topology {
+            generation: 1,
             users,
             users_in_order,
             clusters,
