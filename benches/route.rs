@@ -23,6 +23,8 @@ fn node(role: ConfiguredRole, lat: f64, lon: f64) -> Arc<NodeSpec> {
         tls: BackendTlsSpec::Disable,
         name: "n".into(),
         sessions: Arc::default(),
+        key: "k".into(),
+        configured: Default::default(),
     })
 }
 
@@ -53,6 +55,7 @@ fn bench(c: &mut Criterion) {
         },
         replicas: vec![replica(4000), replica(5000), replica(4500)],
         primary_samples: Vec::new(),
+        keys: Vec::new(),
     };
     let policy = Routing::default();
     let session = SessionRoute {

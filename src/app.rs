@@ -40,6 +40,10 @@ pub struct Shared {
     /// Failed backend connects by sessions since the last probe round, keyed by node
     /// (`host:port`): the probe loop counts them as failed observations.
     pub connect_failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Clusters with a running probe loop.
+    pub probing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Serializes reloads (file watcher and SIGHUP) and remembers the last file applied.
+    pub reload_state: tokio::sync::Mutex<crate::reload::ReloadState>,
     /// Client addresses to locations; follows the file and `geoip.database` on reload.
     pub geoip: crate::geo::geoip::GeoIp,
 }
@@ -107,6 +111,8 @@ impl Shared {
             .map_err(|e| vec![Problem::new("geoip.database", e)])?;
         Ok(Shared {
             geoip,
+            probing: Default::default(),
+            reload_state: Default::default(),
             topology: ArcSwap::from_pointee(topology),
             health: ArcSwap::from_pointee(Health::default()),
             client_tls,
@@ -135,6 +141,8 @@ impl Proxy {
     /// Binds `config.listen` (port 0 picks a free port) and starts accepting.
     pub async fn start(config: &Config) -> Result<Proxy, Vec<Problem>> {
         let shared = Arc::new(Shared::new(config)?);
+        shared.reload_state.lock().await.started_with(config, None);
+        shared.metrics.config_generation.set(1);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             vec![Problem::new(
                 "listen",
@@ -160,7 +168,7 @@ impl Proxy {
                 Some(admin_addr)
             }
         };
-        crate::health::probe::spawn_all(&shared);
+        crate::health::probe::spawn_missing(&shared);
         tokio::spawn(crate::geo::geoip::watch(shared.clone()));
         let task = tokio::spawn(server::run(listener, shared.clone()));
         Ok(Proxy {
@@ -190,11 +198,18 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .await
         .map_err(|ps| render_problems(config_path, &ps))?;
     tracing::info!(listen = %proxy.addr, clusters = config.clusters.len(), "pgmeridian is accepting connections");
-    tokio::spawn(signals(
-        proxy.shared.clone(),
-        config_path.to_owned(),
-        config.listen.clone(),
-    ));
+    if let Ok(text) = std::fs::read_to_string(config_path) {
+        proxy
+            .shared
+            .reload_state
+            .lock()
+            .await
+            .started_with(&config, Some(&text));
+    }
+    if let Err(e) = crate::reload::watch(proxy.shared.clone(), config_path.to_owned()) {
+        tracing::warn!(error = %e, "file changes will not be picked up; SIGHUP still reloads");
+    }
+    tokio::spawn(signals(proxy.shared.clone(), config_path.to_owned()));
     proxy.wait().await;
     tracing::info!("pgmeridian stopped");
     Ok(())
@@ -215,7 +230,7 @@ pub fn render_problems(path: &Path, problems: &[Problem]) -> String {
     out
 }
 
-async fn signals(shared: Arc<Shared>, path: PathBuf, listen: String) {
+async fn signals(shared: Arc<Shared>, path: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -236,34 +251,10 @@ async fn signals(shared: Arc<Shared>, path: PathBuf, listen: String) {
                 shared.drain.cancel();
                 shared.hard_stop.cancel();
             }
-            _ = hup.recv() => reload(&shared, &path, &listen),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                crate::reload::reload(&shared, &path).await;
+            }
         }
-    }
-}
-
-/// Re-reads the file; a bad file changes nothing. New sessions use the new topology.
-fn reload(shared: &Shared, path: &Path, listen: &str) {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(ps) => {
-            tracing::error!(
-                "reload rejected, keeping the running configuration: {}",
-                render_problems(path, &ps)
-            );
-            return;
-        }
-    };
-    if config.listen != listen {
-        tracing::warn!(old = listen, new = %config.listen, "`listen` changes need a restart; still listening on the old address");
-    }
-    match Topology::build(&config) {
-        Ok(t) => {
-            shared.topology.store(Arc::new(t));
-            tracing::info!("configuration reloaded");
-        }
-        Err(ps) => tracing::error!(
-            "reload rejected, keeping the running configuration: {}",
-            render_problems(path, &ps)
-        ),
     }
 }

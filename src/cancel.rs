@@ -129,6 +129,8 @@ mod tests {
             tls: BackendTlsSpec::Disable,
             name: "n".into(),
             sessions: Arc::default(),
+            key: "k".into(),
+            configured: Default::default(),
         })
     }
 

@@ -232,7 +232,7 @@ pub struct Cluster {
     pub allowed_regions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// How metrics, logs and /status name the node; default `host:port`.

@@ -40,6 +40,39 @@ pub struct ClusterHealth {
     /// The primary's recent WAL positions, oldest first, as (probe sent at, LSN): a session
     /// that committed at `t` needs the first position sampled after `t`.
     pub primary_samples: Vec<(Instant, u64)>,
+    /// Node keys (`NodeSpec::key`), primary first, that `primary` and `replicas` describe.
+    /// Empty in hand-built health (tests): taken as matching the spec.
+    pub keys: Vec<Arc<str>>,
+}
+
+impl ClusterHealth {
+    /// This health laid out like `spec` (primary, then its replicas in order). After a reload,
+    /// until the probe loop publishes for the new layout, nodes are matched by key; a node
+    /// not probed yet is down, so it gets no traffic before its first good probes.
+    pub fn aligned_to(self: &Arc<Self>, spec: &crate::topology::ClusterSpec) -> Arc<Self> {
+        let aligned = self.keys.is_empty()
+            || (self.keys.len() == spec.replicas.len() + 1
+                && spec.nodes().zip(&self.keys).all(|(n, k)| n.key == *k));
+        if aligned {
+            return self.clone();
+        }
+        let find = |key: &Arc<str>| {
+            self.keys
+                .iter()
+                .position(|k| k == key)
+                .map(|i| match i {
+                    0 => self.primary.clone(),
+                    i => self.replicas.get(i - 1).cloned().unwrap_or_default(),
+                })
+                .unwrap_or_default()
+        };
+        Arc::new(ClusterHealth {
+            primary: find(&spec.primary.key),
+            replicas: spec.replicas.iter().map(|n| find(&n.key)).collect(),
+            primary_samples: self.primary_samples.clone(),
+            keys: spec.nodes().map(|n| n.key.clone()).collect(),
+        })
+    }
 }
 
 /// How long primary samples are kept for resolving read-your-writes requirements.
@@ -218,6 +251,7 @@ mod tests {
                 primary: p.clone(),
                 replicas: r.iter().map(|n| (*n).clone()).collect(),
                 primary_samples: vec![],
+                keys: vec![],
             }
             .primary_view()
         };
@@ -268,5 +302,65 @@ mod tests {
             ..good
         }
         .serves_reads(max));
+    }
+}
+
+#[cfg(test)]
+mod alignment_tests {
+    use super::*;
+    use crate::topology::{BackendTlsSpec, ClusterSpec, ConfiguredRole, NodeSpec};
+
+    fn node(key: &str) -> Arc<NodeSpec> {
+        Arc::new(NodeSpec {
+            key: key.into(),
+            configured: Default::default(),
+            cluster: "app".into(),
+            name: key.into(),
+            role: ConfiguredRole::Primary,
+            host: "h".into(),
+            port: 1,
+            region: "r".into(),
+            location: crate::config::Region { lat: 0.0, lon: 0.0 },
+            database: "app".into(),
+            tls: BackendTlsSpec::Disable,
+            sessions: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn health_follows_nodes_by_key_and_new_nodes_start_down() {
+        let up = |lsn| NodeHealth {
+            up: true,
+            in_recovery: Some(true),
+            lsn: Some(lsn),
+            ..Default::default()
+        };
+        let probed = Arc::new(ClusterHealth {
+            primary: NodeHealth {
+                up: true,
+                in_recovery: Some(false),
+                ..Default::default()
+            },
+            replicas: vec![up(1), up(2)],
+            primary_samples: vec![],
+            keys: vec!["p".into(), "a".into(), "b".into()],
+        });
+        // After a reload: b first, a removed, c added.
+        let spec = ClusterSpec {
+            name: "app".into(),
+            primary: node("p"),
+            replicas: vec![node("b"), node("c")],
+            allowed_regions: vec![],
+        };
+        let h = probed.aligned_to(&spec);
+        assert_eq!(h.replicas[0], up(2), "b keeps its health");
+        assert!(!h.replicas[1].up, "c gets no traffic before its probes");
+        assert!(h.primary.up);
+        // Already aligned: the same allocation.
+        let same = ClusterSpec {
+            replicas: vec![node("a"), node("b")],
+            ..spec
+        };
+        assert!(Arc::ptr_eq(&probed.aligned_to(&same), &probed));
     }
 }

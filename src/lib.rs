@@ -24,6 +24,7 @@ pub mod localpg;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub primary_conflict: IntGaugeVec,
     /// GeoIP lookups of client addresses, by result.
     pub geoip_lookups: IntCounterVec,
+    /// Configuration reloads by result: applied, unchanged, rejected.
+    pub config_reloads: IntCounterVec,
+    /// The live topology generation (1 at start, +1 per applied reload).
+    pub config_generation: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -115,6 +119,23 @@ impl Metrics {
                 "GeoIP lookups of client addresses, by result (found, not_found, off, error).",
                 &["result"],
             ),
+            config_reloads: counter(
+                &registry,
+                "config_reloads_total",
+                "Configuration reloads, by result (applied, unchanged, rejected).",
+                &["result"],
+            ),
+            config_generation: {
+                let g = IntGauge::new(
+                    "config_generation",
+                    "The live topology generation: 1 at start, +1 per applied reload.",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             registry,
         }
     }

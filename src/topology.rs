@@ -56,6 +56,11 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// The primary, then the replicas in configuration order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<NodeSpec>> {
+        std::iter::once(&self.primary).chain(&self.replicas)
+    }
+
     /// Whether residency rules let `node` serve this cluster's reads.
     pub fn allows(&self, node: &NodeSpec) -> bool {
         self.allowed_regions.is_empty() || self.allowed_regions.contains(&node.region)
@@ -70,6 +75,10 @@ pub enum ConfiguredRole {
 }
 
 pub struct NodeSpec {
+    /// `host:port/database`: what health is tracked under, across reloads.
+    pub key: Arc<str>,
+    /// The configuration entry it was built from (a reload keeps the node if it is unchanged).
+    pub configured: Node,
     pub cluster: String,
     /// Configured `name`, else `host:port`: the node's metric label.
     pub name: String,
@@ -101,22 +110,31 @@ impl NodeSpec {
 
 impl fmt::Display for NodeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.role {
-            ConfiguredRole::Primary => {
-                write!(f, "{}/primary ({}:{})", self.cluster, self.host, self.port)
-            }
-            ConfiguredRole::Replica(i) => write!(
-                f,
-                "{}/replica[{i}] ({}:{})",
-                self.cluster, self.host, self.port
-            ),
-        }
+        let role = match self.role {
+            ConfiguredRole::Primary => "primary",
+            ConfiguredRole::Replica(_) => "replica",
+        };
+        write!(
+            f,
+            "{}/{} ({role}, {}:{})",
+            self.cluster, self.name, self.host, self.port
+        )
     }
 }
 
 impl Topology {
     /// Builds live state from a validated config; loads CA files (problems carry YAML paths).
     pub fn build(config: &Config) -> Result<Topology, Vec<Problem>> {
+        Topology::build_after(config, None)
+    }
+
+    /// Like [`Topology::build`], for a reload: nodes configured exactly as before keep their
+    /// `NodeSpec` (sessions' connections to them and their load counts stay valid) and the
+    /// generation moves on.
+    pub fn build_after(
+        config: &Config,
+        previous: Option<&Topology>,
+    ) -> Result<Topology, Vec<Problem>> {
         let mut problems = Vec::new();
         let users_in_order: Vec<Arc<UserSpec>> = config
             .users
@@ -156,7 +174,29 @@ impl Topology {
                         BackendTlsSpec::Disable
                     }
                 };
+                let same = |old: &&Arc<NodeSpec>| {
+                    old.configured == *n
+                        && matches!(
+                            (old.role, role),
+                            (ConfiguredRole::Primary, ConfiguredRole::Primary)
+                                | (ConfiguredRole::Replica(_), ConfiguredRole::Replica(_))
+                        )
+                };
+                if let Some(old) = previous
+                    .and_then(|t| t.clusters.get(name))
+                    .and_then(|c| c.nodes().find(same))
+                {
+                    return old.clone();
+                }
                 Arc::new(NodeSpec {
+                    configured: n.clone(),
+                    key: format!(
+                        "{}:{}/{}",
+                        n.host,
+                        n.port,
+                        n.database.as_deref().unwrap_or(name)
+                    )
+                    .into(),
                     cluster: name.clone(),
                     name: n
                         .name
@@ -201,7 +241,7 @@ impl Topology {
             return Err(problems);
         }
         Ok(Topology {
-            generation: 1,
+            generation: previous.map_or(1, |t| t.generation + 1),
             users,
             users_in_order,
             clusters,

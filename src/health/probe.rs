@@ -14,22 +14,20 @@ use super::{parse_lsn, ClusterHealth, NodeHealth, PrimaryHistory};
 use crate::app::Shared;
 use crate::backend::{self, BackendConn};
 use crate::protocol::frame;
-use crate::topology::{ClusterSpec, NodeSpec, UserSpec};
+use crate::topology::{NodeSpec, UserSpec};
 
 const PROBE_SQL: &str = "select pg_is_in_recovery(), \
      case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end";
 
-/// Starts one probe loop per cluster of the current topology.
-pub fn spawn_all(shared: &Arc<Shared>) {
+/// Starts a probe loop for each cluster of the current topology that has none yet (at start,
+/// and after a reload adds clusters). A loop ends when its cluster leaves the topology.
+pub fn spawn_missing(shared: &Arc<Shared>) {
     let topology = shared.topology.load_full();
-    let user_name = topology.health.user.clone();
-    let user = match user_name.and_then(|u| topology.users.get(&u).cloned()) {
-        Some(u) => Some(u),
-        None => topology.users_in_order.first().cloned(),
-    };
-    let Some(user) = user else { return };
-    for cluster in topology.clusters.values() {
-        tokio::spawn(cluster_loop(shared.clone(), cluster.clone(), user.clone()));
+    let mut running = shared.probing.lock().unwrap_or_else(|e| e.into_inner());
+    for name in topology.clusters.keys() {
+        if running.insert(name.clone()) {
+            tokio::spawn(cluster_loop(shared.clone(), name.clone()));
+        }
     }
 }
 
@@ -40,34 +38,82 @@ struct Sample {
     rtt: Duration,
 }
 
-async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<UserSpec>) {
-    let nodes: Vec<Arc<NodeSpec>> = std::iter::once(cluster.primary.clone())
-        .chain(cluster.replicas.iter().cloned())
-        .collect();
-    let mut conns: Vec<Option<BackendConn>> = nodes.iter().map(|_| None).collect();
+/// What the loop keeps per node across rounds (and reloads, by node key).
+struct NodeState {
+    conn: Option<BackendConn>,
+    tracker: Tracker,
+    last: NodeHealth,
+}
+
+/// The probe user: `health.user`, else the first configured user.
+fn probe_user(t: &crate::topology::Topology) -> Option<Arc<UserSpec>> {
+    match t.health.user.as_ref().and_then(|u| t.users.get(u).cloned()) {
+        Some(u) => Some(u),
+        None => t.users_in_order.first().cloned(),
+    }
+}
+
+async fn cluster_loop(shared: Arc<Shared>, name: String) {
+    let mut states: std::collections::HashMap<Arc<str>, NodeState> = Default::default();
     let mut history = PrimaryHistory::new(Duration::from_secs(120));
     let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
-    let (interval, timeout, fall, rise) = {
-        let t = shared.topology.load();
-        (
-            t.health.interval,
-            t.health.timeout,
-            t.health.fall,
-            t.health.rise,
-        )
-    };
-    let mut trackers: Vec<Tracker> = nodes.iter().map(|_| Tracker::new(fall, rise)).collect();
-    let mut last: Vec<NodeHealth> = nodes.iter().map(|_| NodeHealth::default()).collect();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published: Vec<Arc<NodeSpec>> = Vec::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shared.drain.cancelled() => return,
+        // Every round reads the live topology: interval, nodes and users follow reloads.
+        let topology = shared.topology.load_full();
+        let interval = topology.health.interval;
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shared.drain.cancelled() => return,
+            }
         }
+        first = false;
+        let topology = shared.topology.load_full();
+        let Some(cluster) = topology.clusters.get(&name).cloned() else {
+            tracing::info!(cluster = %name, "cluster removed from the configuration; probes stop");
+            shared.health.rcu(|h| {
+                let mut clusters = h.clusters.clone();
+                clusters.remove(&name);
+                super::Health { clusters }
+            });
+            forget_metrics(&shared, &name, &published);
+            shared
+                .probing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            return;
+        };
+        let Some(user) = probe_user(&topology) else {
+            continue;
+        };
+        let (timeout, fall, rise) = (
+            topology.health.timeout,
+            topology.health.fall,
+            topology.health.rise,
+        );
+        let nodes: Vec<Arc<NodeSpec>> = cluster.nodes().cloned().collect();
+        // Nodes no longer configured are forgotten; new ones start down and must rise.
+        states.retain(|k, _| nodes.iter().any(|n| &n.key == k));
+        for n in &nodes {
+            states.entry(n.key.clone()).or_insert_with(|| NodeState {
+                conn: None,
+                tracker: Tracker::new(fall, rise),
+                last: NodeHealth::default(),
+            });
+        }
+        let gone: Vec<Arc<NodeSpec>> = published
+            .iter()
+            .filter(|p| !nodes.iter().any(|n| n.key == p.key))
+            .cloned()
+            .collect();
+        forget_metrics(&shared, &name, &gone);
         let mut probes = JoinSet::new();
         for (i, node) in nodes.iter().enumerate() {
-            let (node, user, conn) = (node.clone(), user.clone(), conns[i].take());
+            let conn = states.get_mut(&node.key).and_then(|s| s.conn.take());
+            let (node, user) = (node.clone(), user.clone());
             probes.spawn(async move {
                 let (conn, result) = probe(&node, &user, conn, timeout).await;
                 (i, conn, result)
@@ -78,7 +124,9 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
             let Ok((i, conn, result)) = joined else {
                 continue;
             };
-            conns[i] = conn;
+            if let Some(st) = states.get_mut(&nodes[i].key) {
+                st.conn = conn;
+            }
             match result {
                 Ok(s) => samples[i] = Some(s),
                 Err(e) => tracing::debug!(node = %nodes[i], error = %e, "probe failed"),
@@ -87,6 +135,9 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
         let now = Instant::now();
         let mut folded = fold(&samples, &mut history, now);
         for (i, node) in nodes.iter().enumerate() {
+            let Some(st) = states.get_mut(&node.key) else {
+                continue;
+            };
             let h = if i == 0 {
                 &mut folded.primary
             } else {
@@ -94,19 +145,19 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
             };
             // Sessions that failed to connect since the last round count as failed probes.
             for _ in 0..shared.take_connect_failures(node).min(fall) {
-                if let Some(state) = trackers[i].observe(false) {
+                if let Some(state) = st.tracker.observe(false) {
                     tracing::info!(node = %node, ?state, "node state changed (session connect failures)");
                 }
             }
-            if let Some(state) = trackers[i].observe(samples[i].is_some()) {
+            if let Some(state) = st.tracker.observe(samples[i].is_some()) {
                 tracing::info!(node = %node, ?state, "node state changed");
             }
-            if samples[i].is_none() && trackers[i].is_up() {
+            if samples[i].is_none() && st.tracker.is_up() {
                 // One missed probe within `fall`: keep what we last knew.
-                *h = last[i].clone();
+                *h = st.last.clone();
             }
-            h.up = trackers[i].is_up();
-            last[i] = h.clone();
+            h.up = st.tracker.is_up();
+            st.last = h.clone();
         }
         if let (Some(false), Some(lsn), Some(at)) = (
             folded.primary.in_recovery,
@@ -122,12 +173,27 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: Arc<ClusterSpec>, user: Arc<
             recent.pop_front();
         }
         folded.primary_samples = recent.iter().copied().collect();
+        folded.keys = nodes.iter().map(|n| n.key.clone()).collect();
         publish_metrics(&shared, &cluster.name, &nodes, &folded);
+        published = nodes;
         shared.health.rcu(|h| {
             let mut clusters = h.clusters.clone();
             clusters.insert(cluster.name.clone(), Arc::new(folded.clone()));
             super::Health { clusters }
         });
+    }
+}
+
+/// Drops the per-node series of nodes that left the configuration.
+fn forget_metrics(shared: &Shared, cluster: &str, nodes: &[Arc<NodeSpec>]) {
+    let m = &shared.metrics;
+    for node in nodes {
+        let labels = [cluster, node.label()];
+        let _ = m.node_up.remove_label_values(&labels);
+        let _ = m.node_primary.remove_label_values(&labels);
+        let _ = m.probe_rtt_seconds.remove_label_values(&labels);
+        let _ = m.replica_lag_seconds.remove_label_values(&labels);
+        let _ = m.replica_lag_bytes.remove_label_values(&labels);
     }
 }
 
@@ -203,6 +269,7 @@ fn fold(samples: &[Option<Sample>], history: &mut PrimaryHistory, now: Instant) 
         primary,
         replicas,
         primary_samples: Vec::new(),
+        keys: Vec::new(),
     }
 }
 

@@ -36,6 +36,8 @@ fn node_in(role: ConfiguredRole, location: Region, region: &str) -> NodeSpec {
         database: "app".into(),
         tls: BackendTlsSpec::Disable,
         sessions: Arc::default(),
+        key: "k".into(),
+        configured: Default::default(),
     }
 }
 
@@ -72,6 +74,7 @@ fn health(replicas: Vec<NodeHealth>) -> ClusterHealth {
         },
         replicas,
         primary_samples: Vec::new(),
+        keys: Vec::new(),
     }
 }
 

@@ -50,6 +50,7 @@ fn login_node(
     let Some(h) = health.clusters.get(&cluster.name) else {
         return (cluster.primary.clone(), None);
     };
+    let h = h.aligned_to(cluster);
     match h.primary_view() {
         PrimaryView::One(i) if i > 0 => match cluster.replicas.get(i - 1) {
             Some(n) => (n.clone(), None),

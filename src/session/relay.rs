@@ -359,6 +359,7 @@ impl Relay<'_> {
                 replica,
             }
         } else {
+            self.follow_topology().await?;
             match self.decide(&class, batch.hint) {
                 Ok((Target::Primary, reason)) => Held::Forward {
                     batch,

@@ -24,13 +24,62 @@ pub(super) fn refusal(cluster: &str, reason: Reason) -> ClientError {
 }
 
 impl Relay<'_> {
+    /// After a reload, moves the session to the new topology, at a point where nothing is in
+    /// flight and no transaction is open (a transaction finishes on the snapshot it began
+    /// with). A replica connection to a node that left or changed is closed; the next read
+    /// picks from the new set.
+    pub(super) async fn follow_topology(&mut self) -> Result<(), End> {
+        let live_generation = self.shared.topology.load().generation;
+        if live_generation == self.topology.generation
+            || self.active.is_some()
+            || self.held.is_some()
+            || self.held_after_retry.is_some()
+            || self.route.txn != TxnStatus::Idle
+        {
+            return Ok(());
+        }
+        let live = self.shared.topology.load_full();
+        let Some(cluster) = live.clusters.get(&self.cluster.name).cloned() else {
+            return Err(End::ClientError(ClientError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                format!(
+                    "database \"{}\" was removed from the proxy configuration",
+                    self.cluster.name
+                ),
+            )));
+        };
+        if let Some(b) = &mut self.replica {
+            match cluster
+                .replicas
+                .iter()
+                .position(|n| Arc::ptr_eq(n, &b.node))
+            {
+                Some(i) => b.replica_index = Some(i),
+                None => {
+                    if let Some(mut old) = self.replica.take() {
+                        tracing::info!(node = %old.node, "replica removed or changed by a reload; this session moves");
+                        let _ = old.w.write_all(b"X\0\0\0\x04").await;
+                    }
+                }
+            }
+        }
+        self.route.avoid = None;
+        self.max_message = live.limits.max_message_bytes;
+        self.cluster = cluster;
+        self.topology = live;
+        Ok(())
+    }
+
     pub(super) fn decide(
         &mut self,
         class: &Class,
         hint: Option<Hint>,
     ) -> Result<(Target, Reason), ClientError> {
         let health = self.shared.health.load();
-        let cluster_health = health.clusters.get(&self.cluster.name).cloned();
+        let cluster_health = health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.aligned_to(&self.cluster));
         if let Some(h) = &cluster_health {
             self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
         }
@@ -64,7 +113,7 @@ impl Relay<'_> {
         let view = health
             .clusters
             .get(&self.cluster.name)
-            .map(|h| h.primary_view());
+            .map(|h| h.aligned_to(&self.cluster).primary_view());
         match view {
             None | Some(PrimaryView::Unknown) | Some(PrimaryView::One(0)) => {
                 Ok(self.cluster.primary.clone())
