@@ -156,7 +156,8 @@ fn demo_config(c: &LocalCluster, relays: &[DelayRelay], port: u16, admin_port: u
         .zip(relays)
         .map(|(spec, relay)| {
             format!(
-                "      - {{ host: 127.0.0.1, port: {}, region: {}, tls: disable }}\n",
+                "      - {{ name: {}, host: 127.0.0.1, port: {}, region: {}, tls: disable }}\n",
+                spec.cluster_name,
                 relay.addr().port(),
                 spec.region
             )
@@ -174,7 +175,7 @@ users:
   - {{ name: app, password: {DEMO_PASSWORD} }}
 clusters:
   app:
-    primary: {{ host: 127.0.0.1, port: {}, region: us-east, tls: disable }}
+    primary: {{ name: {PRIMARY_NAME}, host: 127.0.0.1, port: {}, region: us-east, tls: disable }}
     replicas:
 {replicas}",
         c.primary.port
