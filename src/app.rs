@@ -55,9 +55,7 @@ impl Shared {
             .connect_failures
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        *failures
-            .entry(format!("{}:{}", node.host, node.port))
-            .or_default() += 1;
+        *failures.entry(node.key.to_string()).or_default() += 1;
     }
 
     /// Takes the failures reported for `node` since the last call.
@@ -66,9 +64,7 @@ impl Shared {
             .connect_failures
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        failures
-            .remove(&format!("{}:{}", node.host, node.port))
-            .unwrap_or(0)
+        failures.remove(&*node.key).unwrap_or(0)
     }
 }
 
@@ -193,19 +189,21 @@ impl Proxy {
 
 /// `pgmeridian run`: serve until SIGTERM/SIGINT; SIGHUP re-reads the topology.
 pub async fn run(config_path: &Path) -> Result<(), String> {
-    let config = Config::load(config_path).map_err(|ps| render_problems(config_path, &ps))?;
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let config = Config::from_yaml(&text, &|name| std::env::var(name).ok())
+        .map_err(|ps| render_problems(config_path, &ps))?;
     let proxy = Proxy::start(&config)
         .await
         .map_err(|ps| render_problems(config_path, &ps))?;
     tracing::info!(listen = %proxy.addr, clusters = config.clusters.len(), "pgmeridian is accepting connections");
-    if let Ok(text) = std::fs::read_to_string(config_path) {
-        proxy
-            .shared
-            .reload_state
-            .lock()
-            .await
-            .started_with(&config, Some(&text));
-    }
+    // The text actually parsed: an edit made meanwhile differs from it and is applied.
+    proxy
+        .shared
+        .reload_state
+        .lock()
+        .await
+        .started_with(&config, Some(&text));
     if let Err(e) = crate::reload::watch(proxy.shared.clone(), config_path.to_owned()) {
         tracing::warn!(error = %e, "file changes will not be picked up; SIGHUP still reloads");
     }

@@ -103,22 +103,19 @@ const LOCATION_KEY: &str = "pgmeridian.location";
 
 /// Takes `pgmeridian.region` / `pgmeridian.location` out of the startup parameters, whether
 /// sent as their own parameters or inside `options` (`-c name=value`, `-cname=value`,
-/// `--name=value`), so backends never see them. The last one given wins, as in PostgreSQL.
+/// `--name=value`), so backends never see them. Names match as PostgreSQL matches setting
+/// names (any case, `-` for `_`). As in PostgreSQL, a parameter of its own is applied after
+/// `options`, so it wins; within each, the last one wins.
 pub fn take_requested(params: &mut Vec<(String, String)>) -> Option<Requested> {
     let mut found = None;
-    let mut note = |name: &str, value: &str| match name.replace('-', "_").as_str() {
+    let mut note = |name: &str, value: &str| match normalized(name).as_str() {
         REGION_KEY => found = Some(Requested::Region(value.to_owned())),
         LOCATION_KEY => found = Some(Requested::Location(value.to_owned())),
         _ => {}
     };
-    for (k, v) in params.iter() {
-        if k != "options" {
-            note(k, v);
-        }
-    }
-    params.retain(|(k, _)| k != REGION_KEY && k != LOCATION_KEY);
     if let Some(i) = params.iter().position(|(k, _)| k == "options") {
         let tokens = split_options(&params[i].1);
+        let count = tokens.len();
         let mut kept = Vec::with_capacity(tokens.len());
         let mut it = tokens.into_iter();
         while let Some(t) = it.next() {
@@ -139,16 +136,32 @@ pub fn take_requested(params: &mut Vec<(String, String)>) -> Option<Requested> {
         }
         if kept.is_empty() {
             params.remove(i);
-        } else {
+        } else if kept.len() != count {
+            // Only rewritten when something was taken out.
             params[i].1 = join_options(&kept);
         }
     }
+    for (k, v) in params.iter() {
+        if k != "options" {
+            note(k, v);
+        }
+    }
+    params.retain(|(k, _)| k == "options" || !is_ours(k));
     found
 }
 
+fn normalized(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
+}
+
 fn is_ours(name: &str) -> bool {
-    let n = name.replace('-', "_");
+    let n = normalized(name);
     n == REGION_KEY || n == LOCATION_KEY
+}
+
+/// The server's `isspace` (C locale), which is what splits `options`.
+fn is_option_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
 }
 
 /// Splits an `options` value the way the server does: at whitespace, with `\` escaping the
@@ -164,7 +177,7 @@ pub fn split_options(s: &str) -> Vec<String> {
                 cur.push(next);
             }
             in_token = true;
-        } else if c.is_whitespace() {
+        } else if is_option_space(c) {
             if in_token {
                 out.push(std::mem::take(&mut cur));
                 in_token = false;
@@ -186,7 +199,7 @@ fn join_options(tokens: &[String]) -> String {
         .map(|t| {
             let mut e = String::with_capacity(t.len());
             for c in t.chars() {
-                if c == '\\' || c.is_whitespace() {
+                if c == '\\' || is_option_space(c) {
                     e.push('\\');
                 }
                 e.push(c);

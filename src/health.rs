@@ -23,6 +23,8 @@ pub struct NodeHealth {
     pub lag: Option<Duration>,
     pub lag_bytes: Option<u64>,
     pub rtt: Option<Duration>,
+    /// Added by a reload and not probed yet (only set while health is re-laid for a new spec).
+    pub unprobed: bool,
 }
 
 impl NodeHealth {
@@ -64,7 +66,10 @@ impl ClusterHealth {
                     0 => self.primary.clone(),
                     i => self.replicas.get(i - 1).cloned().unwrap_or_default(),
                 })
-                .unwrap_or_default()
+                .unwrap_or(NodeHealth {
+                    unprobed: true,
+                    ..Default::default()
+                })
         };
         Arc::new(ClusterHealth {
             primary: find(&spec.primary.key),
@@ -103,6 +108,8 @@ impl ClusterHealth {
             .filter(|(_, n)| n.up && n.in_recovery == Some(false))
             .map(|(i, _)| i);
         match (found.next(), found.next()) {
+            // A primary just configured by a reload: assumed, as at start, until probed.
+            (None, _) if self.primary.unprobed => PrimaryView::One(0),
             (None, _) => PrimaryView::None,
             (Some(i), None) => PrimaryView::One(i),
             (Some(_), Some(_)) => PrimaryView::Conflict,
@@ -355,6 +362,26 @@ mod alignment_tests {
         let h = probed.aligned_to(&spec);
         assert_eq!(h.replicas[0], up(2), "b keeps its health");
         assert!(!h.replicas[1].up, "c gets no traffic before its probes");
+        // A new primary is assumed until probed, unless another node acts as primary.
+        let moved = ClusterSpec {
+            name: "app".into(),
+            primary: node("q"),
+            replicas: vec![node("a")],
+            allowed_regions: vec![],
+        };
+        assert_eq!(
+            probed.aligned_to(&moved).primary_view(),
+            PrimaryView::One(0)
+        );
+        let promoted = ClusterSpec {
+            primary: node("q"),
+            replicas: vec![node("p")],
+            ..moved
+        };
+        assert_eq!(
+            probed.aligned_to(&promoted).primary_view(),
+            PrimaryView::One(1)
+        );
         assert!(h.primary.up);
         // Already aligned: the same allocation.
         let same = ClusterSpec {

@@ -44,6 +44,12 @@ pub enum Parsed {
 /// Parses a header at the start of `buf`.
 pub fn parse(buf: &[u8]) -> Parsed {
     let header = HeaderResult::parse(buf);
+    // A v1 header ends at its CRLF within 107 bytes; a parser still wanting more is wrong.
+    let v1_done =
+        buf.starts_with(b"PROXY") && (buf.len() >= 107 || buf.windows(2).any(|w| w == b"\r\n"));
+    if header.is_incomplete() && v1_done {
+        return Parsed::Invalid("invalid PROXY v1 header".into());
+    }
     if header.is_incomplete() {
         return if buf.len() >= MAX_HEADER {
             Parsed::Invalid("PROXY header too long".into())
@@ -199,6 +205,15 @@ mod tests {
         }
         assert!(matches!(
             parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),
+            Parsed::Invalid(_)
+        ));
+        // Complete (CRLF seen, or longer than v1 allows) yet unparsable: no waiting for more.
+        assert_ne!(
+            parse(b"PROXY UNKNOWN a b c d e f g\r\n"),
+            Parsed::Incomplete
+        );
+        assert!(matches!(
+            parse(&[b"PROXY ".as_slice(), &[b'x'; 120]].concat()),
             Parsed::Invalid(_)
         ));
         let mut startup = vec![0, 0, 0, 8, 4, 210, 22, 47];

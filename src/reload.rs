@@ -116,6 +116,15 @@ async fn apply(
             .await
             .map_err(|e| vec![Problem::new("", e.to_string())])??
     };
+    // A new GeoIP file must open now: a bad file changes nothing.
+    if built.geoip != previous.geoip {
+        if let Some(p) = built.geoip.clone() {
+            tokio::task::spawn_blocking(move || crate::geo::geoip::GeoIp::open(Some(&p)).map(drop))
+                .await
+                .map_err(|e| vec![Problem::new("geoip.database", e.to_string())])?
+                .map_err(|e| vec![Problem::new("geoip.database", e)])?;
+        }
+    }
     // Loaded only to check them: the running TLS setup needs a restart to change.
     if let Some(t) = &config.tls {
         crate::tls::server_config(&t.cert, &t.key).map_err(|e| vec![Problem::new("tls", e)])?;

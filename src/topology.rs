@@ -176,6 +176,7 @@ impl Topology {
                 };
                 let same = |old: &&Arc<NodeSpec>| {
                     old.configured == *n
+                        && old.location == location_of(&n.region)
                         && matches!(
                             (old.role, role),
                             (ConfiguredRole::Primary, ConfiguredRole::Primary)

@@ -173,7 +173,10 @@ async fn failover_story() {
     // 3. The primary dies: writes fail fast and clearly; reads go on from the replica.
     r0.start().unwrap();
     until("replica 0 is back", || async {
-        port(&probe).await.ok() == Some(r0_port)
+        match connect_as(proxy.addr, "app", APP_PASSWORD).await {
+            Ok(s) => port(&s).await.ok() == Some(r0_port),
+            Err(_) => false,
+        }
     })
     .await;
     let session = connect(proxy.addr).await;

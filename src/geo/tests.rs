@@ -172,6 +172,21 @@ fn startup_options_are_found_and_removed() {
             params(&[]),
         ),
         (
+            "names match in any case; a parameter of its own wins over options",
+            params(&[
+                ("options", "-c PgMeridian.Region=eu-west"),
+                ("PGMERIDIAN.LOCATION", "1,2"),
+            ]),
+            Some(Requested::Location("1,2".into())),
+            params(&[]),
+        ),
+        (
+            "nothing of ours: left exactly as sent",
+            params(&[("options", "-c  application_name=x\u{3000}y")]),
+            None,
+            params(&[("options", "-c  application_name=x\u{3000}y")]),
+        ),
+        (
             "nothing of ours",
             params(&[("options", "-c work_mem=64MB"), ("user", "u")]),
             None,

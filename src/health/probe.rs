@@ -40,6 +40,8 @@ struct Sample {
 
 /// What the loop keeps per node across rounds (and reloads, by node key).
 struct NodeState {
+    /// The spec `conn` was opened with; a reload that changes it (TLS, …) reconnects.
+    spec: Arc<NodeSpec>,
     conn: Option<BackendConn>,
     tracker: Tracker,
     last: NodeHealth,
@@ -58,20 +60,26 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
     let mut history = PrimaryHistory::new(Duration::from_secs(120));
     let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
     let mut published: Vec<Arc<NodeSpec>> = Vec::new();
-    let mut first = true;
+    let mut round_started: Option<Instant> = None;
     loop {
         // Every round reads the live topology: interval, nodes and users follow reloads.
-        let topology = shared.topology.load_full();
-        let interval = topology.health.interval;
-        if !first {
+        let interval = shared.topology.load().health.interval;
+        if let Some(started) = round_started {
+            let next = tokio::time::Instant::from_std(started + interval);
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shared.drain.cancelled() => return,
             }
         }
-        first = false;
+        round_started = Some(Instant::now());
         let topology = shared.topology.load_full();
         let Some(cluster) = topology.clusters.get(&name).cloned() else {
+            let mut running = shared.probing.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.topology.load().clusters.contains_key(&name) {
+                continue; // re-added meanwhile: keep probing
+            }
+            running.remove(&name);
+            drop(running);
             tracing::info!(cluster = %name, "cluster removed from the configuration; probes stop");
             shared.health.rcu(|h| {
                 let mut clusters = h.clusters.clone();
@@ -79,11 +87,10 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
                 super::Health { clusters }
             });
             forget_metrics(&shared, &name, &published);
-            shared
-                .probing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&name);
+            let _ = shared
+                .metrics
+                .primary_conflict
+                .remove_label_values(&[&name]);
             return;
         };
         let Some(user) = probe_user(&topology) else {
@@ -98,15 +105,21 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
         // Nodes no longer configured are forgotten; new ones start down and must rise.
         states.retain(|k, _| nodes.iter().any(|n| &n.key == k));
         for n in &nodes {
-            states.entry(n.key.clone()).or_insert_with(|| NodeState {
+            let st = states.entry(n.key.clone()).or_insert_with(|| NodeState {
+                spec: n.clone(),
                 conn: None,
                 tracker: Tracker::new(fall, rise),
                 last: NodeHealth::default(),
             });
+            if !Arc::ptr_eq(&st.spec, n) {
+                st.spec = n.clone();
+                st.conn = None;
+            }
         }
+        // Series under labels no longer in use (removed or renamed nodes).
         let gone: Vec<Arc<NodeSpec>> = published
             .iter()
-            .filter(|p| !nodes.iter().any(|n| n.key == p.key))
+            .filter(|p| !nodes.iter().any(|n| n.label() == p.label()))
             .cloned()
             .collect();
         forget_metrics(&shared, &name, &gone);
@@ -245,6 +258,7 @@ fn fold(samples: &[Option<Sample>], history: &mut PrimaryHistory, now: Instant) 
             lag: None,
             lag_bytes: None,
             rtt: Some(s.rtt),
+            unprobed: false,
         },
     };
     let primary = samples.first().map(node).unwrap_or_default();

@@ -39,6 +39,8 @@ pub struct Established {
     pub cancel: CancelHandle,
     /// Where reads are ranked from.
     pub location: ClientLocation,
+    /// The topology the session was admitted with (a reload after this is followed later).
+    pub topology: Arc<Topology>,
 }
 
 /// The node to log in to: the observed primary, else the first replica the probes see up.
@@ -268,6 +270,7 @@ pub async fn handshake(
         return Outcome::Closed;
     }
     Outcome::Session(Box::new(Established {
+        topology,
         location,
         login_replica,
         client: io,

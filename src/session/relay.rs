@@ -114,9 +114,10 @@ struct Relay<'s> {
     /// The open transaction may have written (marks read-your-writes at its end).
     txn_wrote: bool,
     /// `pgmeridian_routed_batches_total` handles this session has used.
-    /// Keyed by slot, reason and node (by address: the session holds the node, so it is not
+    /// Keyed by slot, reason and node address (the entry holds the node, so the address is not
     /// reused while cached).
-    routed_counters: std::collections::HashMap<(Slot, Reason, usize), prometheus::IntCounter>,
+    routed_counters:
+        std::collections::HashMap<(Slot, Reason, usize), (Arc<NodeSpec>, prometheus::IntCounter)>,
     /// The batch in flight may open a transaction: pipelined batches behind it follow it.
     txn_may_be_opening: bool,
     max_message: usize,
@@ -133,12 +134,12 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         cluster,
         params,
         location,
+        topology,
     } = session;
     let (primary, replica) = match login_replica {
         None => (Some(BackendSide::new(backend, None, 0)), None),
         Some(i) => (None, Some(BackendSide::new(backend, Some(i), 0))),
     };
-    let topology = shared.topology.load_full();
     let (client_r, client_w) = tokio::io::split(client.io);
     let mut relay = Relay {
         shared,
@@ -513,14 +514,17 @@ impl Relay<'_> {
             self.routed_counters
                 .entry((slot, reason, Arc::as_ptr(&node) as usize))
                 .or_insert_with(|| {
-                    shared.metrics.routed.with_label_values(&[
+                    let counter = shared.metrics.routed.with_label_values(&[
                         cluster.as_str(),
                         target,
                         node.label(),
                         reason.as_str(),
                         geo.as_str(),
-                    ])
+                    ]);
+                    // Holding the node keeps its address from being reused by another.
+                    (node.clone(), counter)
                 })
+                .1
                 .inc();
         }
         let class = batch.class.clone().unwrap_or(Class::Empty);

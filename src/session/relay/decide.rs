@@ -48,6 +48,16 @@ impl Relay<'_> {
                 ),
             )));
         };
+        let Some(user) = live.users.get(&self.user.name).cloned() else {
+            return Err(End::ClientError(ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "user \"{}\" was removed from the proxy configuration",
+                    self.user.name
+                ),
+            )));
+        };
+        self.user = user;
         if let Some(b) = &mut self.replica {
             match cluster
                 .replicas

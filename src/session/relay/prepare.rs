@@ -37,6 +37,10 @@ impl Relay<'_> {
                 }
             }
         }
+        if slot == Slot::Primary && self.route.txn != TxnStatus::Idle && self.primary.is_some() {
+            // A transaction finishes where it began, whatever the probes or a reload say.
+            return Ok(());
+        }
         let primary = match slot {
             Slot::Primary => Some(self.effective_primary()?),
             Slot::Replica => None,
