@@ -27,6 +27,7 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod stream;
 pub mod tls;
 pub mod topology;
