@@ -29,6 +29,7 @@ pub mod server;
 pub mod session;
 pub mod status;
 pub mod stream;
+pub mod telemetry;
 pub mod tls;
 pub mod topology;
 pub mod wire;
