@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/status` (JSON: every node's
+//! configured and observed state, see `status.rs`), `/healthz` (the process is up) and
 //! `/readyz` (configuration loaded and every cluster has exactly one reachable primary).
 
 use std::convert::Infallible;
@@ -48,6 +49,15 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             prometheus::TEXT_FORMAT,
             shared.metrics.render(),
+        ),
+        "/status" => (
+            StatusCode::OK,
+            "application/json",
+            crate::status::render(
+                &shared.topology.load(),
+                &shared.health.load(),
+                &shared.metrics,
+            ),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" => {

@@ -105,6 +105,8 @@ impl Shared {
         };
         let geoip = crate::geo::geoip::GeoIp::open(topology.geoip.as_deref())
             .map_err(|e| vec![Problem::new("geoip.database", e)])?;
+        let metrics = crate::metrics::Metrics::new();
+        metrics.config_generation.set(topology.generation as i64);
         Ok(Shared {
             geoip,
             probing: Default::default(),
@@ -119,7 +121,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
             connect_failures: Default::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
         })
     }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::error::{sqlstate, ClientError};
+use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::{frame, tag::backend as btag};
 use crate::stream::Stream;
@@ -68,6 +68,7 @@ impl ConnectError {
                     code.to_owned(),
                     format!("backend {node}: {}", fields.message),
                 )
+                .with_kind(ErrorKind::BackendConnect)
             }
             ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
                 ClientError::fatal(sqlstate::CONNECTION_FAILURE, self.to_string())

@@ -22,11 +22,97 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
 }
 
+/// What went wrong, as a closed set: the `kind` label of `pgmeridian_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The client broke the wire protocol or a message limit.
+    ClientProtocol,
+    /// Authentication failed or was refused (wrong password, unknown user, TLS required).
+    AuthFailed,
+    /// The client asked for a database that is not a configured cluster.
+    UnknownDatabase,
+    /// The client asked for a region or location the proxy does not know.
+    UnknownRegion,
+    /// The client asked for something the proxy does not do (replication connections).
+    Unsupported,
+    /// A backend connection could not be opened or logged in to.
+    BackendConnect,
+    /// A backend connection the session needed ended.
+    BackendLost,
+    /// A write (or pinned read) was refused: no node acts as the primary.
+    RefusedNoPrimary,
+    /// A write was refused: more than one node claims to be the primary.
+    RefusedConflict,
+    /// A read was refused: no replica qualifies and `no_eligible_replica` is `error`.
+    RefusedNoReplica,
+    /// The client did not finish startup within `limits.startup_timeout`.
+    StartupTimeout,
+    /// A trusted peer's PROXY protocol header could not be read.
+    ProxyProtocol,
+    /// The connection limit was reached.
+    TooManyClients,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::ClientProtocol,
+        ErrorKind::AuthFailed,
+        ErrorKind::UnknownDatabase,
+        ErrorKind::UnknownRegion,
+        ErrorKind::Unsupported,
+        ErrorKind::BackendConnect,
+        ErrorKind::BackendLost,
+        ErrorKind::RefusedNoPrimary,
+        ErrorKind::RefusedConflict,
+        ErrorKind::RefusedNoReplica,
+        ErrorKind::StartupTimeout,
+        ErrorKind::ProxyProtocol,
+        ErrorKind::TooManyClients,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ClientProtocol => "client_protocol",
+            ErrorKind::AuthFailed => "auth_failed",
+            ErrorKind::UnknownDatabase => "unknown_database",
+            ErrorKind::UnknownRegion => "unknown_region",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::BackendConnect => "backend_connect",
+            ErrorKind::BackendLost => "backend_lost",
+            ErrorKind::RefusedNoPrimary => "refused_no_primary",
+            ErrorKind::RefusedConflict => "refused_conflict",
+            ErrorKind::RefusedNoReplica => "refused_no_replica",
+            ErrorKind::StartupTimeout => "startup_timeout",
+            ErrorKind::ProxyProtocol => "proxy_protocol",
+            ErrorKind::TooManyClients => "too_many_clients",
+        }
+    }
+
+    /// The kind an error with this SQLSTATE has unless its origin says otherwise
+    /// ([`ClientError::with_kind`]): the codes the proxy originates map one to one, except
+    /// 57P03 (refusals name their reason) and backend codes passed through.
+    pub fn of_code(code: &str) -> ErrorKind {
+        match code {
+            sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION => ErrorKind::AuthFailed,
+            sqlstate::INVALID_CATALOG_NAME => ErrorKind::UnknownDatabase,
+            sqlstate::INVALID_PARAMETER_VALUE => ErrorKind::UnknownRegion,
+            sqlstate::FEATURE_NOT_SUPPORTED => ErrorKind::Unsupported,
+            sqlstate::TOO_MANY_CONNECTIONS => ErrorKind::TooManyClients,
+            sqlstate::CONNECTION_FAILURE | sqlstate::CLIENT_UNABLE_TO_CONNECT => {
+                ErrorKind::BackendConnect
+            }
+            _ => ErrorKind::ClientProtocol,
+        }
+    }
+}
+
 /// An error to be sent to the client as an ErrorResponse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError {
     /// FATAL closes the session afterwards; ERROR leaves it usable.
     pub fatal: bool,
+    /// For the errors metric; from the SQLSTATE unless set with [`ClientError::with_kind`].
+    pub kind: ErrorKind,
     pub code: String,
     pub message: String,
     pub detail: Option<String>,
@@ -35,9 +121,11 @@ pub struct ClientError {
 
 impl ClientError {
     pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> ClientError {
+        let code = code.into();
         ClientError {
             fatal: true,
-            code: code.into(),
+            kind: ErrorKind::of_code(&code),
+            code,
             message: message.into(),
             detail: None,
             hint: None,
@@ -59,6 +147,11 @@ impl ClientError {
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> ClientError {
         self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_kind(mut self, kind: ErrorKind) -> ClientError {
+        self.kind = kind;
         self
     }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pgmeridian::config::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +23,9 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Log lines as `text` or `json` (overrides the file's `log_format`).
+        #[arg(long, value_name = "text|json")]
+        log_format: Option<LogFormat>,
     },
     /// Validate a configuration file; print every problem with its YAML path.
     CheckConfig { file: PathBuf },
@@ -51,12 +55,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGMERIDIAN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let log_format = match &cli.command {
+        // The flag wins; else the file's `log_format` (a file that does not load is reported
+        // by `run` itself, in text).
+        Command::Run {
+            log_format: Some(format),
+            ..
+        } => *format,
+        Command::Run { config, .. } => pgmeridian::config::Config::load(config)
+            .map(|c| c.log_format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    };
+    pgmeridian::telemetry::init(log_format);
     match cli.command {
         Command::CheckConfig { file } => match pgmeridian::app::check(&file) {
             Ok(()) => {
@@ -68,7 +79,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => block_on(pgmeridian::app::run(&config)),
+        Command::Run { config, .. } => block_on(pgmeridian::app::run(&config)),
         Command::Demo { port, admin_port } => {
             block_on(pgmeridian::demo::run(pgmeridian::demo::DemoOptions {
                 port,

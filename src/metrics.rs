@@ -1,10 +1,58 @@
 //! Every Prometheus metric family in one struct, registered under the `pgmeridian_` prefix.
 //! Label values come from closed sets (cluster and node names from the config, route reasons,
-//! roles): never SQL text, user names or client addresses.
+//! roles, error kinds): never SQL text, user names or client addresses. Gauges that count
+//! live things are held by RAII guards ([`GaugeGuard`]).
 
 use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::error::ErrorKind;
+
+/// Batch latencies from 100 µs (a local cache hit) to 10 s (a long report), about three
+/// buckets per decade.
+const BATCH_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Read-your-writes pins: replication catch-up from a few ms to beyond the window maximum.
+const PIN_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Where a batch ran: the `target` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetRole {
+    Primary,
+    Replica,
+}
+
+impl TargetRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetRole::Primary => "primary",
+            TargetRole::Replica => "replica",
+        }
+    }
+}
+
+/// Keeps a gauge incremented while it lives.
+#[derive(Debug)]
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -24,9 +72,20 @@ pub struct Metrics {
     pub primary_conflict: IntGaugeVec,
     /// GeoIP lookups of client addresses, by result.
     pub geoip_lookups: IntCounterVec,
-    /// Configuration reloads by result: applied, unchanged, rejected.
+    /// From forwarding a batch to its ReadyForQuery, by target role (use [`Metrics::batch_done`]).
+    pub batch_duration: HistogramVec,
+    batch_duration_by_target: [Histogram; 2],
+    /// Backend connections held by sessions, by cluster and slot role (probes not counted).
+    pub backend_connections: IntGaugeVec,
+    /// Sessions pinned to the primary for life, by cluster and kind (`sticky_feature`).
+    pub pinned_sessions: IntGaugeVec,
+    /// How long a session's reads stayed on the primary after its write (read-your-writes).
+    pub pin_after_write: Histogram,
+    /// Errors reported to clients (or connections refused), by [`ErrorKind`].
+    pub errors: IntCounterVec,
+    /// Configuration reloads, by result (`applied`, `rejected`, `unchanged`).
     pub config_reloads: IntCounterVec,
-    /// The live topology generation (1 at start, +1 per applied reload).
+    /// The live topology's generation (1 at start, +1 per applied reload).
     pub config_generation: IntGauge,
 }
 
@@ -46,6 +105,32 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Ga
     g
 }
 
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
 fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     registry
@@ -57,13 +142,72 @@ fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("pgmeridian".into()), None).expect("valid prefix");
-        let client_connections =
-            IntGauge::new("client_connections", "Client connections currently open.")
-                .expect("valid metric definition");
+        let client_connections = int_gauge(
+            &registry,
+            "client_connections",
+            "Client connections currently open.",
+        );
+        let batch_duration = histogram_vec(
+            &registry,
+            "batch_duration_seconds",
+            "Time from forwarding a statement batch to its ReadyForQuery, by target role.",
+            &["target"],
+            BATCH_BUCKETS,
+        );
+        let batch_duration_by_target = [TargetRole::Primary, TargetRole::Replica]
+            .map(|t| batch_duration.with_label_values(&[t.as_str()]));
+        let pin_after_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "pin_after_write_seconds",
+                "Read-your-writes: time from a session's write to its first read a replica served, for sessions that had reads kept on the primary meanwhile.",
+            )
+            .buckets(PIN_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
         registry
-            .register(Box::new(client_connections.clone()))
+            .register(Box::new(pin_after_write.clone()))
             .expect("metric registered once");
+        let errors = counter(
+            &registry,
+            "errors_total",
+            "Errors reported to clients and connections refused, by kind.",
+            &["kind"],
+        );
+        for kind in ErrorKind::ALL {
+            errors.with_label_values(&[kind.as_str()]);
+        }
+        let config_reloads = counter(
+            &registry,
+            "config_reloads_total",
+            "Configuration reloads, by result (applied, rejected, unchanged).",
+            &["result"],
+        );
+        for result in ["applied", "rejected", "unchanged"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Metrics {
+            batch_duration,
+            batch_duration_by_target,
+            backend_connections: int_gauge_vec(
+                &registry,
+                "backend_connections",
+                "Backend connections held by client sessions, by cluster and role (the session's primary or replica connection).",
+                &["cluster", "role"],
+            ),
+            pinned_sessions: int_gauge_vec(
+                &registry,
+                "pinned_sessions",
+                "Sessions pinned to the primary for the rest of their life, by cluster and kind.",
+                &["cluster", "kind"],
+            ),
+            pin_after_write,
+            errors,
+            config_reloads,
+            config_generation: int_gauge(
+                &registry,
+                "config_generation",
+                "Generation of the live configuration: 1 at start, +1 for each applied reload.",
+            ),
             routed: counter(
                 &registry,
                 "routed_batches_total",
@@ -119,25 +263,29 @@ impl Metrics {
                 "GeoIP lookups of client addresses, by result (found, not_found, off, error).",
                 &["result"],
             ),
-            config_reloads: counter(
-                &registry,
-                "config_reloads_total",
-                "Configuration reloads, by result (applied, unchanged, rejected).",
-                &["result"],
-            ),
-            config_generation: {
-                let g = IntGauge::new(
-                    "config_generation",
-                    "The live topology generation: 1 at start, +1 per applied reload.",
-                )
-                .expect("valid metric definition");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
             registry,
         }
+    }
+
+    /// A batch sent to `target` got its ReadyForQuery `elapsed` after it was forwarded.
+    pub fn batch_done(&self, target: TargetRole, elapsed: std::time::Duration) {
+        let i = match target {
+            TargetRole::Primary => 0,
+            TargetRole::Replica => 1,
+        };
+        self.batch_duration_by_target[i].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts one backend connection of a session while the guard lives.
+    pub fn backend_connection(&self, cluster: &str, role: TargetRole) -> GaugeGuard {
+        GaugeGuard::new(
+            self.backend_connections
+                .with_label_values(&[cluster, role.as_str()]),
+        )
     }
 
     /// The Prometheus text exposition of every metric.
@@ -171,6 +319,38 @@ mod tests {
         assert!(text.contains("pgmeridian_routed_batches_total{cluster=\"app\",geo=\"geoip\",node=\"eu:5432\",reason=\"read_nearest\",target=\"replica\"} 1"), "{text}");
         assert!(
             text.contains("# TYPE pgmeridian_primary_conflict gauge"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn closed_label_sets_start_at_zero_and_guards_count_live_things() {
+        let m = Metrics::new();
+        let text = String::from_utf8(m.render()).unwrap();
+        for kind in ErrorKind::ALL {
+            let series = format!("pgmeridian_errors_total{{kind=\"{}\"}} 0", kind.as_str());
+            assert!(text.contains(&series), "{series}:\n{text}");
+        }
+        assert!(text.contains("pgmeridian_config_reloads_total{result=\"unchanged\"} 0"));
+        assert!(text.contains("pgmeridian_batch_duration_seconds_count{target=\"replica\"} 0"));
+        let gauge = || {
+            m.backend_connections
+                .with_label_values(&["app", "primary"])
+                .get()
+        };
+        let a = m.backend_connection("app", TargetRole::Primary);
+        let b = m.backend_connection("app", TargetRole::Primary);
+        assert_eq!(gauge(), 2);
+        drop(a);
+        assert_eq!(gauge(), 1);
+        drop(b);
+        assert_eq!(gauge(), 0);
+        m.batch_done(TargetRole::Primary, std::time::Duration::from_micros(300));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                "pgmeridian_batch_duration_seconds_bucket{target=\"primary\",le=\"0.0005\"} 1"
+            ),
             "{text}"
         );
     }

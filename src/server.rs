@@ -36,6 +36,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
         let limit = shared.topology.load().limits.max_client_connections;
         let guard = ClientSlot::take(&shared);
         if guard.count > limit {
+            shared
+                .metrics
+                .error(crate::error::ErrorKind::TooManyClients);
             tracker.spawn(refuse(tcp, limit));
             continue;
         }

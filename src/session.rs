@@ -51,7 +51,8 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
                         let error = crate::error::ClientError::fatal(
                             crate::error::sqlstate::PROTOCOL_VIOLATION,
                             e,
-                        );
+                        )
+                        .with_kind(crate::error::ErrorKind::ProxyProtocol);
                         return Outcome::Refused(io, error);
                     }
                 }
@@ -69,6 +70,9 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::debug!(?startup_timeout, "client did not finish startup in time");
+                shared
+                    .metrics
+                    .error(crate::error::ErrorKind::StartupTimeout);
                 return;
             }
         };
@@ -76,6 +80,7 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
             Outcome::Closed => {}
             Outcome::Refused(mut io, error) => {
                 tracing::info!(code = %error.code, message = %error.message, "refused client");
+                shared.metrics.error(error.kind);
                 error.encode(&mut io.wbuf);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
                     let _ = io.flush().await;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench) is there,
-# installing it with apt-get when missing and we are root, then checks formatting and lints and
-# runs every test against real servers. A test that needs PostgreSQL fails if it is missing.
+# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench) and promtool
+# are there, installing them with apt-get when missing and we are root, then checks formatting
+# and lints and runs every test against real servers. A test that needs PostgreSQL or promtool
+# fails if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,18 @@ if ! have_pg; then
   else
     echo "tests/run.sh: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin." >&2
     echo "Install them (Debian/Ubuntu: sudo apt-get install postgresql) or set PGMERIDIAN_PG_BIN." >&2
+    exit 1
+  fi
+fi
+
+# tests/admin.rs lints the /metrics exposition with `promtool check metrics`.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tests/run.sh: promtool not found; installing the prometheus package"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "tests/run.sh: promtool not found (Debian/Ubuntu: sudo apt-get install prometheus)." >&2
     exit 1
   fi
 fi

@@ -15,7 +15,7 @@ use crate::app::Shared;
 use crate::auth::{self, AuthError};
 use crate::backend::{self, BackendConn};
 use crate::cancel::{CancelHandle, CancelTarget};
-use crate::error::{sqlstate, ClientError};
+use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::geo::geoip::Lookup;
 use crate::geo::{self, ClientLocation};
 use crate::health::PrimaryView;
@@ -102,7 +102,8 @@ pub async fn handshake(
                     protocol_violation(format!(
                         "PROXY protocol header from {}, which is not in proxy_protocol.trusted",
                         client.ip()
-                    )),
+                    ))
+                    .with_kind(ErrorKind::ProxyProtocol),
                 );
             }
             Err(WireError::Startup(e)) => {
@@ -189,7 +190,8 @@ pub async fn handshake(
             ClientError::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 "no PostgreSQL user name specified in startup packet",
-            ),
+            )
+            .with_kind(ErrorKind::ClientProtocol),
         );
     };
     let database = param(&params, "database")

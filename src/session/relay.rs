@@ -42,6 +42,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 mod answers;
 mod backend_side;
 mod decide;
+mod observe;
 mod prepare;
 
 use backend_side::*;
@@ -122,6 +123,10 @@ struct Relay<'s> {
     txn_may_be_opening: bool,
     max_message: usize,
     draining: bool,
+    /// Counts the session in `pgmeridian_pinned_sessions` once `route.pinned` is set.
+    pin_gauge: Option<crate::metrics::GaugeGuard>,
+    /// The read-your-writes pin being measured.
+    write_pin: observe::WritePin,
 }
 
 pub async fn run(session: Established, shared: &Shared) -> End {
@@ -137,8 +142,14 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         topology,
     } = session;
     let (primary, replica) = match login_replica {
-        None => (Some(BackendSide::new(backend, None, 0)), None),
-        Some(i) => (None, Some(BackendSide::new(backend, Some(i), 0))),
+        None => (
+            Some(BackendSide::new(backend, None, 0, &shared.metrics)),
+            None,
+        ),
+        Some(i) => (
+            None,
+            Some(BackendSide::new(backend, Some(i), 0, &shared.metrics)),
+        ),
     };
     let (client_r, client_w) = tokio::io::split(client.io);
     let mut relay = Relay {
@@ -167,9 +178,12 @@ pub async fn run(session: Established, shared: &Shared) -> End {
         routed_counters: Default::default(),
         txn_may_be_opening: false,
         draining: false,
+        pin_gauge: None,
+        write_pin: Default::default(),
     };
     let idle_timeout = relay.topology.limits.client_idle_timeout;
     let end = relay.run_loop(idle_timeout).await;
+    relay.count_end(&end);
     relay.close(&end).await;
     end
 }
@@ -424,7 +438,10 @@ impl Relay<'_> {
                         self.route.route_override = Some(h);
                         self.to_client.extend_from_slice(b"C\0\0\0\x08SET\0");
                     }
-                    LocalReply::Refuse(e) => e.encode(&mut self.to_client),
+                    LocalReply::Refuse(e) => {
+                        self.count_error(e.kind);
+                        e.encode(&mut self.to_client);
+                    }
                 }
                 encode::ready_for_query(&mut self.to_client, self.route.txn);
                 self.held = self.held_after_retry.take();
@@ -485,7 +502,7 @@ impl Relay<'_> {
         let continuing = self.slot_ref(slot).is_some_and(|b| b.open_batch);
         if !continuing && !self.prepare(slot, &batch).await? {
             // The session's settings could not be replayed there: the primary, for good.
-            self.route.pinned = true;
+            self.pin();
             if slot == Slot::Replica {
                 self.held = Some(Held::Forward {
                     batch,
@@ -526,10 +543,11 @@ impl Relay<'_> {
                 })
                 .1
                 .inc();
+            self.observe_routed(slot, reason, &node);
         }
         let class = batch.class.clone().unwrap_or(Class::Empty);
         if matches!(class, Class::Pin(_)) {
-            self.route.pinned = true;
+            self.pin();
         }
         let wrote = matches!(class, Class::Write | Class::Unknown | Class::Pin(_));
         let opens_txn = matches!(
@@ -554,7 +572,6 @@ impl Relay<'_> {
             && b.pending.is_empty()
             && !matches!(class, Class::Begin { .. }))
         .then(|| Box::new(batch.clone()));
-        tracing::debug!(reason = reason.as_str(), node = %b.node, bytes = batch.bytes.len(), "routed batch");
         for (name, op) in &batch.statement_ops {
             match op {
                 Some(hash) => b.prepared.insert(name.clone(), *hash),
@@ -603,6 +620,7 @@ impl Relay<'_> {
                     retrying: false,
                     extended: batch.extended,
                     sync_ignored: false,
+                    sent_at: std::time::Instant::now(),
                 });
             }
         }
@@ -622,6 +640,7 @@ impl Relay<'_> {
         if batch.completes && self.route.txn == TxnStatus::Idle && self.active.is_none() {
             e.fatal = false;
             tracing::info!(code = %e.code, message = %e.message, "batch refused");
+            self.count_error(e.kind);
             e.encode(&mut self.to_client);
             encode::ready_for_query(&mut self.to_client, TxnStatus::Idle);
             if self.held.is_none() {

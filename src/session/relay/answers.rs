@@ -149,6 +149,7 @@ impl Relay<'_> {
         let before = self.route.txn;
         self.route.txn = status;
         let Some(p) = pending else { return };
+        self.observe_batch(slot, &p);
         let target = match slot {
             Slot::Primary => Target::Primary,
             Slot::Replica => Target::Replica(
@@ -170,7 +171,7 @@ impl Relay<'_> {
                         self.record_setting(slot, &setting, &sql);
                     } else {
                         // A setting made inside a transaction cannot be replayed faithfully.
-                        self.route.pinned = true;
+                        self.pin();
                     }
                 }
             }
@@ -180,7 +181,7 @@ impl Relay<'_> {
                 // classifier took for a read): treat it as a write when it ends.
                 self.txn_wrote |= p.wrote || slot == Slot::Primary;
                 if p.setting.is_some() {
-                    self.route.pinned = true;
+                    self.pin();
                 }
             }
         }
@@ -233,6 +234,7 @@ impl Relay<'_> {
             }
             ReadYourWrites::Off => Requirement::None,
         };
+        self.write_pin_started(now);
     }
 
     /// A backend connection ended. If the session needed it, the client is told (08006 unless

@@ -2,6 +2,7 @@
 //! still owes, what session state it has, and the future that drives its socket.
 
 use super::*;
+use crate::metrics::{GaugeGuard, Metrics, TargetRole};
 
 /// Stop reading a side while this much is queued for the other (backpressure).
 pub(super) const HIGH_WATER: usize = 256 * 1024;
@@ -40,6 +41,8 @@ pub(super) struct Pending {
     pub(super) extended: bool,
     /// It started a COPY FROM: the server ignored its Sync and answers the client's next one.
     pub(super) sync_ignored: bool,
+    /// When it was forwarded (for `pgmeridian_batch_duration_seconds`).
+    pub(super) sent_at: std::time::Instant,
 }
 
 /// A backend connection held by the session.
@@ -67,6 +70,8 @@ pub(super) struct BackendSide {
     pub(super) tentative: BytesMut,
     /// Counts this session in the replica's load while the connection lives.
     _load: Option<LoadGuard>,
+    /// Counts the connection in `pgmeridian_backend_connections` while it lives.
+    _counted: GaugeGuard,
 }
 
 /// One session's share of a replica's `sessions` count.
@@ -90,10 +95,16 @@ impl BackendSide {
         conn: BackendConn,
         replica_index: Option<usize>,
         settings_version: u64,
+        metrics: &Metrics,
     ) -> BackendSide {
         let (r, w) = tokio::io::split(conn.io.io);
+        let role = match replica_index {
+            Some(_) => TargetRole::Replica,
+            None => TargetRole::Primary,
+        };
         BackendSide {
             _load: replica_index.map(|_| LoadGuard::new(&conn.node.sessions)),
+            _counted: metrics.backend_connection(&conn.node.cluster, role),
             node: conn.node,
             replica_index,
             pid: conn.pid,

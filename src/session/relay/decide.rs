@@ -2,6 +2,7 @@
 //! finding the node acting as primary, and wording refusals for the client.
 
 use super::*;
+use crate::error::ErrorKind;
 
 /// What a client is told when a batch cannot be routed; the session goes on.
 pub(super) fn refusal(cluster: &str, reason: Reason) -> ClientError {
@@ -10,16 +11,19 @@ pub(super) fn refusal(cluster: &str, reason: Reason) -> ClientError {
             sqlstate::CANNOT_CONNECT_NOW,
             format!("cluster \"{cluster}\" has no reachable primary; writes are refused until one is back"),
         )
-        .with_hint("reads continue on replicas; a promoted replica is followed automatically"),
+        .with_hint("reads continue on replicas; a promoted replica is followed automatically")
+        .with_kind(ErrorKind::RefusedNoPrimary),
         Reason::PrimaryConflict => ClientError::error(
             sqlstate::CANNOT_CONNECT_NOW,
             format!("more than one node of cluster \"{cluster}\" claims to be the primary; writes are refused until that resolves"),
-        ),
+        )
+        .with_kind(ErrorKind::RefusedConflict),
         other => ClientError::error(
             sqlstate::CANNOT_CONNECT_NOW,
             format!("no replica of cluster \"{cluster}\" can serve this read ({})", other.as_str()),
         )
-        .with_hint("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag"),
+        .with_hint("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag")
+        .with_kind(ErrorKind::RefusedNoReplica),
     }
 }
 

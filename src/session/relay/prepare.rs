@@ -90,7 +90,7 @@ impl Relay<'_> {
             e.to_client()
         })?;
         tracing::debug!(node = %node, "opened backend connection");
-        *self.slot(slot) = Some(BackendSide::new(conn, replica, 0));
+        *self.slot(slot) = Some(BackendSide::new(conn, replica, 0, &self.shared.metrics));
         Ok(())
     }
 
