@@ -114,11 +114,15 @@ impl fmt::Display for NodeSpec {
             ConfiguredRole::Primary => "primary",
             ConfiguredRole::Replica(_) => "replica",
         };
-        write!(
-            f,
-            "{}/{} ({role}, {}:{})",
-            self.cluster, self.name, self.host, self.port
-        )
+        if self.name == format!("{}:{}", self.host, self.port) {
+            write!(f, "{}/{role} ({})", self.cluster, self.name)
+        } else {
+            write!(
+                f,
+                "{}/{} ({role}, {}:{})",
+                self.cluster, self.name, self.host, self.port
+            )
+        }
     }
 }
 
