@@ -83,15 +83,6 @@ async fn session_from(
     Ok(c)
 }
 
-async fn served_port(c: &tokio_postgres::Client) -> u16 {
-    let port: i32 = c
-        .query_one("select inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    port as u16
-}
-
 async fn read_from(proxy: SocketAddr, client: &str, options: Option<&str>) -> u16 {
     let c = session_from(proxy, client, options, "app").await.unwrap();
     served_port(&c).await

@@ -314,15 +314,6 @@ async fn twenty_live_edits_under_load_fail_no_statement() {
     assert!(rows_on_primary(&t).await > 0);
 }
 
-async fn served_port(c: &tokio_postgres::Client) -> u16 {
-    let port: i32 = c
-        .query_one("select inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    port as u16
-}
-
 fn humantime_parse(s: &str) -> Duration {
     Duration::from_secs(s.trim_end_matches('s').parse().unwrap())
 }

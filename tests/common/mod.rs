@@ -310,3 +310,13 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String
         body.to_owned(),
     )
 }
+
+/// The backend port that answered `c`'s next statement (`inet_server_port()`).
+pub async fn served_port(c: &Client) -> u16 {
+    let port: i32 = c
+        .query_one("select inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    port as u16
+}
