@@ -202,6 +202,9 @@ fn print_targets(rows: &[Row]) {
     let find = |w: Workload, t: &str| rows.iter().find(|r| r.workload == w && r.target == t);
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
     println!("targets:");
+    if !rows.iter().any(|r| r.target == "pgbouncer") {
+        println!("- the PgBouncer comparisons: not measured (PgBouncer is not installed)");
+    }
     if let (Some(m), Some(b)) = (
         find(Workload::Select, "pgmeridian"),
         find(Workload::Select, "pgbouncer"),
