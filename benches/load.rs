@@ -49,6 +49,10 @@ struct Options {
     /// (`TOKIO_WORKER_THREADS=1`), as target `pgmeridian-1w`.
     #[arg(long)]
     one_worker_variant: bool,
+    /// Also measure another pgmeridian binary (say, a build of the previous commit) as target
+    /// `baseline`, interleaved with this build: an A/B comparison on the same machine state.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<std::path::PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -88,10 +92,15 @@ fn run(opts: &Options) -> Result<(), String> {
         opts.scale
     );
     let cluster = setup::cluster(&bin, opts.scale)?;
-    let meridian = children::start_pgmeridian(&cluster, "pgmeridian", None)?;
+    let meridian = children::start_pgmeridian(&cluster, "pgmeridian", None, None)?;
     let one_worker = opts
         .one_worker_variant
-        .then(|| children::start_pgmeridian(&cluster, "pgmeridian-1w", Some(1)))
+        .then(|| children::start_pgmeridian(&cluster, "pgmeridian-1w", None, Some(1)))
+        .transpose()?;
+    let baseline = opts
+        .baseline
+        .as_deref()
+        .map(|bin| children::start_pgmeridian(&cluster, "baseline", Some(bin), None))
         .transpose()?;
     let bouncer = children::start_pgbouncer(&cluster, opts.clients)?;
     if bouncer.is_none() {
@@ -108,6 +117,9 @@ fn run(opts: &Options) -> Result<(), String> {
     targets.push(meridian.target("pgmeridian"));
     if let Some(m) = &one_worker {
         targets.push(m.target("pgmeridian-1w"));
+    }
+    if let Some(m) = &baseline {
+        targets.push(m.target("baseline"));
     }
     let bench = Pgbench::new(&bin, opts.clients, opts.threads, opts.duration);
     let samples = run_rounds(opts, &bench, &cluster, &targets)?;

@@ -60,17 +60,20 @@ impl Drop for Proxy {
 }
 
 /// Starts `pgmeridian run --config` in front of the cluster: reads to the replicas,
-/// read-your-writes by LSN (the defaults), quiet logs. `name` names its files; `workers`, if
-/// given, sets the runtime's worker threads (`TOKIO_WORKER_THREADS`).
+/// read-your-writes by LSN (the defaults), quiet logs. `name` names its files; `program` is
+/// the binary (this build's unless given); `workers`, if given, sets the runtime's worker
+/// threads (`TOKIO_WORKER_THREADS`).
 pub fn start_pgmeridian(
     c: &LocalCluster,
     name: &str,
+    program: Option<&Path>,
     workers: Option<u32>,
 ) -> Result<Proxy, String> {
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = c.base.join(format!("{name}.yaml"));
     fs::write(&config, pgmeridian_yaml(c, port, admin_port)).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgmeridian"));
+    let this_build = Path::new(env!("CARGO_BIN_EXE_pgmeridian"));
+    let mut cmd = Command::new(program.unwrap_or(this_build));
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
