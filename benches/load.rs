@@ -142,7 +142,7 @@ fn run_rounds(
         for &workload in &opts.workloads {
             for target in targets {
                 setup::reset_tables(cluster)?;
-                let sample = measure(bench, workload, target)?;
+                let sample = measure(bench, round, workload, target)?;
                 println!(
                     "round {round}/{} {:<28} {:<10} {}",
                     opts.rounds,
@@ -158,13 +158,19 @@ fn run_rounds(
 }
 
 /// One pgbench run with the proxy's CPU time read before and after.
-fn measure(bench: &Pgbench, workload: Workload, target: &Target) -> Result<Sample, String> {
+fn measure(
+    bench: &Pgbench,
+    round: u32,
+    workload: Workload,
+    target: &Target,
+) -> Result<Sample, String> {
     let before = target.proxy.map(|p| p.cpu_seconds()).transpose()?;
     let mut result = bench.run(target.port, workload)?;
     if let (Some(p), Some(before)) = (target.proxy, before) {
         result.proxy_cpu_s = Some(p.cpu_seconds()? - before);
     }
     Ok(Sample {
+        round,
         workload,
         target: target.name,
         result,
