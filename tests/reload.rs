@@ -183,6 +183,12 @@ async fn twenty_live_edits_under_load_fail_no_statement() {
     .await;
     let dir: PathBuf = c.base.join("reload-config");
     std::fs::create_dir_all(&dir).unwrap();
+    // Owned like the cluster directory, so its cleanup (run as that user) can remove it.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&c.base).unwrap();
+        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
     let path = dir.join("pgmeridian.yaml");
     let first = yaml(c, &[0, 1], "10s", "127.0.0.1:0");
     write(&path, &first, false);
