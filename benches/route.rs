@@ -9,23 +9,11 @@ use pgmeridian::classify::{classify, Class, WriteFunctions};
 use pgmeridian::config::{Region, Routing};
 use pgmeridian::health::{ClusterHealth, NodeHealth};
 use pgmeridian::route::{decide, Requirement, RouteInput, SessionRoute};
-use pgmeridian::topology::{BackendTlsSpec, ClusterSpec, ConfiguredRole, NodeSpec};
+use pgmeridian::topology::{ClusterSpec, ConfiguredRole, NodeSpec};
 
 fn node(role: ConfiguredRole, lat: f64, lon: f64) -> Arc<NodeSpec> {
-    Arc::new(NodeSpec {
-        cluster: "app".into(),
-        role,
-        host: "10.0.0.1".into(),
-        port: 5432,
-        region: "r".into(),
-        location: Region { lat, lon },
-        database: "app".into(),
-        tls: BackendTlsSpec::Disable,
-        name: "n".into(),
-        sessions: Arc::default(),
-        key: "k".into(),
-        configured: Default::default(),
-    })
+    let at = Region { lat, lon };
+    Arc::new(NodeSpec::plain("app", role, "10.0.0.1", 5432, "r", at))
 }
 
 fn bench(c: &mut Criterion) {

@@ -115,23 +115,18 @@ impl Drop for CancelHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{BackendTlsSpec, ConfiguredRole};
+    use crate::topology::ConfiguredRole;
 
     fn node() -> Arc<NodeSpec> {
-        Arc::new(NodeSpec {
-            cluster: "app".into(),
-            role: ConfiguredRole::Primary,
-            host: "127.0.0.1".into(),
-            port: 5432,
-            region: "r".into(),
-            location: crate::config::Region { lat: 0.0, lon: 0.0 },
-            database: "app".into(),
-            tls: BackendTlsSpec::Disable,
-            name: "n".into(),
-            sessions: Arc::default(),
-            key: "k".into(),
-            configured: Default::default(),
-        })
+        let at = crate::config::Region { lat: 0.0, lon: 0.0 };
+        Arc::new(NodeSpec::plain(
+            "app",
+            ConfiguredRole::Primary,
+            "127.0.0.1",
+            5432,
+            "r",
+            at,
+        ))
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl ClusterHealth {
     pub fn aligned_to(self: &Arc<Self>, spec: &crate::topology::ClusterSpec) -> Arc<Self> {
         let aligned = self.keys.is_empty()
             || (self.keys.len() == spec.replicas.len() + 1
-                && spec.nodes().zip(&self.keys).all(|(n, k)| n.key == *k));
+                && spec
+                    .nodes()
+                    .zip(&self.keys)
+                    .all(|(n, k)| Arc::ptr_eq(&n.key, k) || n.key == *k));
         if aligned {
             return self.clone();
         }
@@ -315,23 +318,18 @@ mod tests {
 #[cfg(test)]
 mod alignment_tests {
     use super::*;
-    use crate::topology::{BackendTlsSpec, ClusterSpec, ConfiguredRole, NodeSpec};
+    use crate::topology::{ClusterSpec, ConfiguredRole, NodeSpec};
 
     fn node(key: &str) -> Arc<NodeSpec> {
-        Arc::new(NodeSpec {
-            key: key.into(),
-            configured: Default::default(),
-            cluster: "app".into(),
-            name: key.into(),
-            role: ConfiguredRole::Primary,
-            host: "h".into(),
-            port: 1,
-            region: "r".into(),
-            location: crate::config::Region { lat: 0.0, lon: 0.0 },
-            database: "app".into(),
-            tls: BackendTlsSpec::Disable,
-            sessions: Arc::default(),
-        })
+        let at = crate::config::Region { lat: 0.0, lon: 0.0 };
+        Arc::new(NodeSpec::plain(
+            "app",
+            ConfiguredRole::Primary,
+            key,
+            1,
+            "r",
+            at,
+        ))
     }
 
     #[test]
@@ -350,7 +348,7 @@ mod alignment_tests {
             },
             replicas: vec![up(1), up(2)],
             primary_samples: vec![],
-            keys: vec!["p".into(), "a".into(), "b".into()],
+            keys: ["p", "a", "b"].map(|k| node(k).key.clone()).to_vec(),
         });
         // After a reload: b first, a removed, c added.
         let spec = ClusterSpec {

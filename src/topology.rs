@@ -102,6 +102,38 @@ pub enum BackendTlsSpec {
 }
 
 impl NodeSpec {
+    /// A node at `host:port` without TLS, named by its address, built in code rather than from
+    /// a file (tests and benchmarks).
+    pub fn plain(
+        cluster: &str,
+        role: ConfiguredRole,
+        host: &str,
+        port: u16,
+        region: &str,
+        location: Region,
+    ) -> NodeSpec {
+        NodeSpec {
+            key: format!("{host}:{port}/{cluster}").into(),
+            configured: Node {
+                host: host.to_owned(),
+                port,
+                region: region.to_owned(),
+                tls: BackendTls::Disable,
+                ..Node::default()
+            },
+            cluster: cluster.to_owned(),
+            name: format!("{host}:{port}"),
+            role,
+            host: host.to_owned(),
+            port,
+            region: region.to_owned(),
+            location,
+            database: cluster.to_owned(),
+            tls: BackendTlsSpec::Disable,
+            sessions: Arc::default(),
+        }
+    }
+
     /// The node's metric label: its configured `name`, else `host:port`.
     pub fn label(&self) -> &str {
         &self.name

@@ -67,6 +67,16 @@ enum Slot {
     Replica,
 }
 
+impl Slot {
+    /// The metric label for what this slot connects to.
+    fn role(self) -> crate::metrics::TargetRole {
+        match self {
+            Slot::Primary => crate::metrics::TargetRole::Primary,
+            Slot::Replica => crate::metrics::TargetRole::Replica,
+        }
+    }
+}
+
 /// A complete batch that cannot go out yet. (One per session at most: its size is no concern.)
 #[allow(clippy::large_enum_variant)]
 enum Held {
@@ -521,10 +531,7 @@ impl Relay<'_> {
     }
 
     fn send(&mut self, slot: Slot, batch: Batch, reason: Reason) {
-        let target = match slot {
-            Slot::Primary => "primary",
-            Slot::Replica => "replica",
-        };
+        let target = slot.role().as_str();
         // Label lookups hash strings: resolve each (node, reason) once per session.
         let (shared, cluster, geo) = (self.shared, &self.cluster.name, self.location.source);
         if let Some(node) = self.slot_ref(slot).map(|b| b.node.clone()) {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::error::ErrorKind;
-use crate::metrics::{GaugeGuard, TargetRole};
+use crate::metrics::GaugeGuard;
 
 /// Measures one read-your-writes pin: from the write that set the session's requirement to
 /// the first read a replica served after it.
@@ -44,10 +44,7 @@ impl Relay<'_> {
     /// kept on the primary meanwhile (otherwise the session never waited), so the value is the
     /// time until the first replica read, at the resolution of the session's own reads.
     pub(super) fn observe_routed(&mut self, slot: Slot, reason: Reason, node: &NodeSpec) {
-        let target = match slot {
-            Slot::Primary => TargetRole::Primary,
-            Slot::Replica => TargetRole::Replica,
-        };
+        let target = slot.role();
         tracing::debug!(
             target = target.as_str(),
             node = node.label(),
@@ -93,10 +90,7 @@ impl Relay<'_> {
 
     /// A batch's ReadyForQuery arrived: how long it took since it was forwarded.
     pub(super) fn observe_batch(&self, slot: Slot, pending: &Pending) {
-        let target = match slot {
-            Slot::Primary => TargetRole::Primary,
-            Slot::Replica => TargetRole::Replica,
-        };
+        let target = slot.role();
         self.shared
             .metrics
             .batch_done(target, pending.sent_at.elapsed());
