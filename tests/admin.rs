@@ -98,7 +98,7 @@ async fn status_follows_a_replica_that_stops_and_starts() {
     // The server dies somewhere inside `pg_ctl stop`: timing from its start bounds the
     // detection delay from above, timing from its return from below.
     let stopping = Instant::now();
-    node.stop_immediate().unwrap();
+    pg_ctl("stop_immediate node", || node.stop_immediate());
     let stop_took = stopping.elapsed();
     let after_return = until_status(admin, "replica down", Duration::from_secs(10), |s| {
         replica(s)["up"] == false
@@ -114,7 +114,7 @@ async fn status_follows_a_replica_that_stops_and_starts() {
     // Two probe intervals plus one failed probe (fall 1), with ample slack for a busy machine.
     assert!(down < Duration::from_secs(2), "took {down:?} to show down");
 
-    node.start().unwrap();
+    pg_ctl("start node", || node.start());
     let up = until_status(admin, "replica up again", Duration::from_secs(30), |s| {
         replica(s)["up"] == true && replica(s)["observed_role"] == "replica"
     })

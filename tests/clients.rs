@@ -447,7 +447,14 @@ async fn backend_termination_of_an_idle_unpinned_session_is_transparent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_termination_of_a_pinned_session_is_reported_and_the_proxy_carries_on() {
     let proxy = proxy("").await;
-    let client = connect(proxy.addr).await;
+    let (client, conn) = tokio_postgres::connect(
+        &conn_string(proxy.addr, "app", APP_PASSWORD, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    // What the connection ended with: the client must be told why, not just see EOF.
+    let ended = tokio::spawn(conn);
     // A temp table lives only in that backend: losing it must not be hidden.
     client
         .batch_execute("create temp table mine (x int)")
@@ -459,24 +466,27 @@ async fn backend_termination_of_a_pinned_session_is_reported_and_the_proxy_carri
         .execute("select pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let err = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the terminated backend was never noticed"
-        );
-        match client.simple_query("select count(*) from mine").await {
-            Err(e) => break e,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let code = err.code().cloned();
+    // The backend's FATAL arrives while the session is idle; the proxy reports the loss as
+    // soon as the connection closes, without waiting for the next statement.
+    let outcome = tokio::time::timeout(Duration::from_secs(20), ended)
+        .await
+        .expect("the terminated backend was never reported")
+        .unwrap();
+    let err = outcome.expect_err("the session cannot go on without its temp table");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server-style error, not a dropped socket: {err:?}"));
+    assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE, "{db:?}");
     assert!(
-        code == Some(SqlState::ADMIN_SHUTDOWN)
-            || code == Some(SqlState::CONNECTION_FAILURE)
-            || err.is_closed(),
-        "unexpected error after backend termination: {err:?}"
+        db.message()
+            .contains("terminating connection due to administrator command"),
+        "the backend's own reason is passed on: {db:?}"
     );
+    assert!(client
+        .simple_query("select 1")
+        .await
+        .unwrap_err()
+        .is_closed());
     let again = connect(proxy.addr).await;
     let v: i32 = again.query_one("select 9", &[]).await.unwrap().get(0);
     assert_eq!(v, 9);

@@ -103,9 +103,9 @@ async fn failover_story() {
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, errors, tasks) = read_load(proxy.addr, 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    r0.stop_immediate().unwrap();
+    pg_ctl("stop_immediate r0", || r0.stop_immediate());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    r0.start().unwrap();
+    pg_ctl("start r0", || r0.start());
     // A fresh session: existing ones keep the replica they moved to (equal rank, no hopping).
     let back = until("replica 0 serves reads again", || async {
         match connect_as(proxy.addr, "app", APP_PASSWORD).await {
@@ -135,7 +135,7 @@ async fn failover_story() {
     );
 
     // 2. With replica 0 gone, replica 1 (1.5 s behind) serves reads only while within 800 ms.
-    r0.stop().unwrap();
+    pg_ctl("stop r0", || r0.stop());
     let writer = connect(proxy.addr).await;
     let writing = Arc::new(AtomicBool::new(true));
     let w = {
@@ -171,7 +171,7 @@ async fn failover_story() {
     eprintln!("lagging replica served reads again {caught_up:?} after writes stopped");
 
     // 3. The primary dies: writes fail fast and clearly; reads go on from the replica.
-    r0.start().unwrap();
+    pg_ctl("start r0", || r0.start());
     until("replica 0 is back", || async {
         match connect_as(proxy.addr, "app", APP_PASSWORD).await {
             Ok(s) => port(&s).await.ok() == Some(r0_port),
@@ -184,7 +184,7 @@ async fn failover_story() {
         .execute("update fo set v = 0 where id = 1", &[])
         .await
         .unwrap();
-    c.primary.stop_immediate().unwrap();
+    pg_ctl("stop_immediate c.primary", || c.primary.stop_immediate());
     tokio::time::sleep(PROBE_INTERVAL * 3).await;
     let started = Instant::now();
     let err = session
@@ -194,7 +194,7 @@ async fn failover_story() {
     let took = started.elapsed();
     let db = err
         .as_db_error()
-        .expect("a clear server-style error, not a dropped socket");
+        .unwrap_or_else(|| panic!("a clear server-style error, not a dropped socket: {err:?}"));
     eprintln!(
         "write without a primary: {took:?}: {} {}",
         db.code().code(),
@@ -222,7 +222,7 @@ async fn failover_story() {
     );
 
     // 4. Promote replica 0: writes succeed through the proxy, no config change.
-    r0.promote().unwrap();
+    pg_ctl("promote r0", || r0.promote());
     let promoted = until("writes succeed on the promoted replica", || async {
         session
             .execute("update fo set v = 2 where id = 1", &[])
@@ -244,7 +244,7 @@ async fn failover_story() {
 
     // 5. The old primary comes back as a primary too: two nodes claim the role (split brain),
     //    and writes are refused until an operator resolves it; reads are unaffected.
-    c.primary.start().unwrap();
+    pg_ctl("start c.primary", || c.primary.start());
     let refused = until(
         "writes are refused while two nodes claim to be primary",
         || async {
@@ -271,7 +271,7 @@ async fn failover_story() {
         status.contains("503") && body.contains("app"),
         "{status} {body}"
     );
-    c.primary.stop_immediate().unwrap();
+    pg_ctl("stop_immediate c.primary", || c.primary.stop_immediate());
     until(
         "writes work again once only one primary is left",
         || async {

@@ -230,7 +230,7 @@ async fn clients_read_from_the_replica_nearest_to_them() {
     );
 
     // The nearest replica down: the next nearest serves, and the reason says so.
-    c.replicas[0].stop().unwrap();
+    pg_ctl("stop c.replicas[0]", || c.replicas[0].stop());
     wait_for("eu down", || !replica_health(&p, "app", 0).up).await;
     assert_eq!(
         read_from(p.addr, EUROPE, None).await,
@@ -243,7 +243,7 @@ async fn clients_read_from_the_replica_nearest_to_them() {
             "routed_batches_total|node=\"us\"|reason=\"unhealthy_excluded\""
         ) >= 1.0
     );
-    c.replicas[0].start().unwrap();
+    pg_ctl("start c.replicas[0]", || c.replicas[0].start());
     wait_for("eu back", || {
         replica_health(&p, "app", 0).serves_reads(Duration::from_secs(1))
     })

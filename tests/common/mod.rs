@@ -320,3 +320,11 @@ pub async fn served_port(c: &Client) -> u16 {
         .get(0);
     port as u16
 }
+
+/// Runs a blocking server control step (`pg_ctl` stop, start, promote) from an async test.
+/// The proxy runs on the test's runtime: blocking a worker in place would stall its tasks (and
+/// the clients' connection tasks) until the step returns, which reorders client traffic
+/// around the event under test.
+pub fn pg_ctl(what: &str, step: impl FnOnce() -> Result<(), String>) {
+    tokio::task::block_in_place(step).unwrap_or_else(|e| panic!("{what}: {e}"));
+}

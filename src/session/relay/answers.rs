@@ -83,11 +83,15 @@ impl Relay<'_> {
         match tag {
             btag::ERROR_RESPONSE => {
                 let fields = ErrorFields::parse(body);
-                b.sent_fatal = fields.as_ref().is_some_and(ErrorFields::is_fatal);
+                let fatal = fields.as_ref().filter(|f| f.is_fatal());
                 if !solicited {
                     tracing::debug!(node = %b.node, error = ?fields, "unsolicited error from an idle backend");
+                    if let Some(f) = fatal {
+                        b.farewell = Some(format!("{} ({})", f.message, f.code));
+                    }
                     return;
                 }
+                b.sent_fatal = fatal.is_some();
                 let refused_write = fields
                     .as_ref()
                     .is_some_and(|f| f.code == "25006" || f.message.contains("during recovery"));
@@ -306,6 +310,7 @@ impl Relay<'_> {
             }
             return Ok(());
         }
+        let reason = b.farewell.clone().unwrap_or(reason);
         if !b.sent_fatal {
             ClientError::fatal(
                 sqlstate::CONNECTION_FAILURE,

@@ -60,8 +60,12 @@ pub(super) struct BackendSide {
     pub(super) pending: std::collections::VecDeque<Pending>,
     /// A batch was forwarded without its Sync yet (after Flush): the next messages belong here.
     pub(super) open_batch: bool,
-    /// The last ErrorResponse seen was FATAL: the backend is about to close, and said why.
+    /// The last ErrorResponse forwarded to the client was FATAL: the backend is about to
+    /// close, and the client has been told why.
     pub(super) sent_fatal: bool,
+    /// A FATAL the backend sent while no request was in flight (not forwarded): the connection
+    /// is about to close, for this reason. It must not be given more work.
+    pub(super) farewell: Option<String>,
     /// Prepared statements this backend has: name → Parse hash.
     pub(super) prepared: std::collections::HashMap<String, u64>,
     /// `Settings::version` this backend has applied.
@@ -117,6 +121,7 @@ impl BackendSide {
             pending: Default::default(),
             open_batch: false,
             sent_fatal: false,
+            farewell: None,
             prepared: Default::default(),
             settings_version,
             tentative: BytesMut::new(),

@@ -27,6 +27,15 @@ impl Relay<'_> {
         slot: Slot,
         replica: Option<usize>,
     ) -> Result<(), ClientError> {
+        if self
+            .slot_ref(slot)
+            .is_some_and(|b| b.idle() && b.farewell.is_some())
+        {
+            // It said it is closing (a shutdown, an admin's terminate): connect afresh.
+            if let Some(b) = self.slot(slot).take() {
+                tracing::debug!(node = %b.node, reason = ?b.farewell, "dropping a backend connection that is closing");
+            }
+        }
         if slot == Slot::Replica {
             if let Some(b) = &self.replica {
                 if b.replica_index != replica {
