@@ -3,6 +3,7 @@
 //! `health/probe.rs`.
 
 pub mod probe;
+pub mod rtt;
 pub mod tracker;
 
 use std::collections::{HashMap, VecDeque};

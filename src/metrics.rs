@@ -77,6 +77,10 @@ pub struct Metrics {
     batch_duration_by_target: [Histogram; 2],
     /// Backend connections held by sessions, by cluster and slot role (probes not counted).
     pub backend_connections: IntGaugeVec,
+    /// Backend logins made for sessions, by cluster and slot role: each costs the backend a
+    /// process and the proxy a SCRAM exchange, so a count far above the clients' means sessions
+    /// are moving between nodes.
+    pub backend_logins: IntCounterVec,
     /// Sessions pinned to the primary for life, by cluster and kind (`sticky_feature`).
     pub pinned_sessions: IntGaugeVec,
     /// How long a session's reads stayed on the primary after its write (read-your-writes).
@@ -194,6 +198,12 @@ impl Metrics {
                 "Backend connections held by client sessions, by cluster and role (the session's primary or replica connection).",
                 &["cluster", "role"],
             ),
+            backend_logins: counter(
+                &registry,
+                "backend_logins_total",
+                "Backend connections opened for client sessions, by cluster and role.",
+                &["cluster", "role"],
+            ),
             pinned_sessions: int_gauge_vec(
                 &registry,
                 "pinned_sessions",
@@ -282,6 +292,9 @@ impl Metrics {
 
     /// Counts one backend connection of a session while the guard lives.
     pub fn backend_connection(&self, cluster: &str, role: TargetRole) -> GaugeGuard {
+        self.backend_logins
+            .with_label_values(&[cluster, role.as_str()])
+            .inc();
         GaugeGuard::new(
             self.backend_connections
                 .with_label_values(&[cluster, role.as_str()]),

@@ -246,17 +246,21 @@ fn fallback(input: &RouteInput, reason: Reason) -> Decision {
     }
 }
 
-/// How eligible replicas are ordered, best first: nearer (whole km), then lower probe RTT
-/// (in `rtt_granularity` steps, so jitter does not flip the choice; unmeasured last), then
-/// fewer sessions, then the replica the session already uses, then configuration order, so
-/// the choice is deterministic and a session does not hop between equals.
+/// How eligible replicas are ordered, best first: nearer (whole km), then lower probe RTT (in
+/// `rtt_granularity` steps; unmeasured last), then the replica the session already uses, then
+/// fewer sessions, then configuration order, so the choice is deterministic.
+///
+/// Moving a session costs a backend login, so it stays where it is unless another replica is
+/// nearer or clearly faster: its current replica's RTT counts one step less, so another must be
+/// at least a full step faster (not just across a step boundary), and load only places
+/// sessions that have no replica yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RankKey {
     pub distance_km: u64,
     pub rtt_step: u64,
-    pub load: usize,
     /// False for the session's current replica.
     pub switch: bool,
+    pub load: usize,
     pub index: usize,
 }
 
@@ -270,11 +274,16 @@ impl RankKey {
         granularity: Duration,
     ) -> RankKey {
         let step = granularity.as_nanos().max(1);
+        let rtt_step = rtt.map_or(u64::MAX, |r| (r.as_nanos() / step) as u64);
         RankKey {
             distance_km: distance_km.round() as u64,
-            rtt_step: rtt.map_or(u64::MAX, |r| (r.as_nanos() / step) as u64),
-            load,
+            rtt_step: if current {
+                rtt_step.saturating_sub(1)
+            } else {
+                rtt_step
+            },
             switch: !current,
+            load,
             index,
         }
     }

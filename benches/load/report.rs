@@ -286,6 +286,16 @@ pub fn print_routing(metrics: Option<&str>) {
         .iter()
         .map(|((t, r), n)| format!("{t}/{r} {n:.0}"))
         .collect();
+    let logins: Vec<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("pgmeridian_backend_logins_total{"))
+        .filter_map(|l| l.split_once("} "))
+        .map(|(labels, n)| format!("{labels} {}", n.trim()))
+        .collect();
+    println!(
+        "pgmeridian backend logins for sessions over the whole run: {}",
+        logins.join(", ")
+    );
     println!(
         "pgmeridian routed batches over the whole run (target/reason): {}",
         parts.join(", ")

@@ -44,6 +44,8 @@ struct NodeState {
     spec: Arc<NodeSpec>,
     conn: Option<BackendConn>,
     tracker: Tracker,
+    /// Recent round trips: the median is what ranking and the metric see.
+    rtts: super::rtt::RttWindow,
     last: NodeHealth,
 }
 
@@ -109,6 +111,7 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
                 spec: n.clone(),
                 conn: None,
                 tracker: Tracker::new(fall, rise),
+                rtts: Default::default(),
                 last: NodeHealth::default(),
             });
             if !Arc::ptr_eq(&st.spec, n) {
@@ -137,11 +140,15 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
             let Ok((i, conn, result)) = joined else {
                 continue;
             };
-            if let Some(st) = states.get_mut(&nodes[i].key) {
-                st.conn = conn;
-            }
+            let Some(st) = states.get_mut(&nodes[i].key) else {
+                continue;
+            };
+            st.conn = conn;
             match result {
-                Ok(s) => samples[i] = Some(s),
+                Ok(mut s) => {
+                    s.rtt = st.rtts.push(s.rtt);
+                    samples[i] = Some(s);
+                }
                 Err(e) => tracing::debug!(node = %nodes[i], error = %e, "probe failed"),
             }
         }

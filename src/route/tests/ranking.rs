@@ -147,6 +147,50 @@ fn ranking_table() {
             want: route(Target::Replica(1), Reason::ReadNearest),
         },
         RankCase {
+            name: "a session keeps its replica over an equal one with fewer sessions",
+            client: EU,
+            replicas: vec![load(r(EU, "eu", 1), 7), load(r(EU, "eu", 1), 0)],
+            allowed: &[],
+            session: SessionRoute {
+                current_replica: Some(0),
+                ..s
+            },
+            want: route(Target::Replica(0), Reason::ReadNearest),
+        },
+        RankCase {
+            name: "RTT jitter across a step boundary does not move a session",
+            client: EU,
+            replicas: vec![r(EU, "eu", 4), r(EU, "eu", 6)],
+            allowed: &[],
+            session: SessionRoute {
+                current_replica: Some(1),
+                ..s
+            },
+            want: route(Target::Replica(1), Reason::ReadNearest),
+        },
+        RankCase {
+            name: "a replica a full step faster takes the session",
+            client: EU,
+            replicas: vec![r(EU, "eu", 2), r(EU, "eu", 11)],
+            allowed: &[],
+            session: SessionRoute {
+                current_replica: Some(1),
+                ..s
+            },
+            want: route(Target::Replica(0), Reason::ReadNearest),
+        },
+        RankCase {
+            name: "a nearer replica takes the session whatever its load",
+            client: EU,
+            replicas: vec![load(r(US, "us", 1), 0), load(r(EU, "eu", 1), 50)],
+            allowed: &[],
+            session: SessionRoute {
+                current_replica: Some(0),
+                ..s
+            },
+            want: route(Target::Replica(1), Reason::ReadNearest),
+        },
+        RankCase {
             name: "unmeasured RTT ranks after measured",
             client: EU,
             replicas: vec![
@@ -235,4 +279,9 @@ fn rank_keys_order_by_distance_then_rtt_step_then_load() {
     assert!(k(0.0, ms(4), 9, 3) > k(0.0, ms(4), 1, 3));
     assert!(k(0.0, ms(4), 0, 3) < k(0.0, ms(6), 0, 0));
     assert!(k(0.0, ms(4), 0, 3) < k(0.0, None, 0, 0));
+    // The current replica: one step of RTT in hand, and ahead of less loaded equals.
+    let own = |rtt, load| RankKey::new(0.0, rtt, load, true, 1, g);
+    assert!(own(ms(6), 9) < k(0.0, ms(4), 0, 0));
+    assert!(own(ms(11), 0) > k(0.0, ms(4), 0, 0));
+    assert!(own(None, 0) > k(0.0, ms(400), 0, 0));
 }
