@@ -45,8 +45,8 @@ struct Options {
         default_value = "select,tpcb,connect,prepared"
     )]
     workloads: Vec<Workload>,
-    /// Also measure a second pgmeridian whose runtime has one worker thread
-    /// (`TOKIO_WORKER_THREADS=1`), as target `pgmeridian-1w`.
+    /// Also measure a second pgmeridian with one session thread (`workers: 1`), as target
+    /// `pgmeridian-1w`.
     #[arg(long)]
     one_worker_variant: bool,
     /// Also measure another pgmeridian binary (say, a build of the previous commit) as target

@@ -168,7 +168,13 @@ impl Proxy {
         };
         crate::health::probe::spawn_missing(&shared);
         tokio::spawn(crate::geo::geoip::watch(shared.clone()));
-        let task = tokio::spawn(server::run(listener, shared.clone()));
+        let lanes = server::Lanes::start(config.session_threads()).map_err(|e| {
+            vec![Problem::new(
+                "workers",
+                format!("cannot start session threads: {e}"),
+            )]
+        })?;
+        let task = tokio::spawn(server::run(listener, shared.clone(), lanes));
         Ok(Proxy {
             addr,
             admin_addr,

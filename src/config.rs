@@ -72,6 +72,22 @@ pub struct Config {
     /// How log lines are written (`--log-format` overrides; restart to change).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Session threads, each with its own single-threaded runtime (default: one per two CPUs;
+    /// restart to change).
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// How many session threads to run: `workers`, else one per two CPUs. A thread with more
+    /// sessions takes more events per wakeup; the kernel's share of forwarding (loopback and
+    /// NIC receive work runs in the sending thread) needs CPUs of its own.
+    pub fn session_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            cpus.div_ceil(2)
+        })
+    }
 }
 
 /// How log lines are written.

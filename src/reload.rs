@@ -22,6 +22,7 @@ struct StartOnly {
     listen: String,
     admin_listen: Option<String>,
     tls: Option<(PathBuf, PathBuf, bool)>,
+    workers: Option<usize>,
 }
 
 impl StartOnly {
@@ -36,6 +37,7 @@ impl StartOnly {
                      required,
                  }| (cert.clone(), key.clone(), *required),
             ),
+            workers: c.workers,
         }
     }
 }
@@ -135,6 +137,7 @@ async fn apply(
             ("listen", started.listen != now.listen),
             ("admin_listen", started.admin_listen != now.admin_listen),
             ("tls", started.tls != now.tls),
+            ("workers", started.workers != now.workers),
         ] {
             if changed {
                 tracing::warn!(

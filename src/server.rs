@@ -10,6 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+mod lanes;
+
+pub use lanes::Lanes;
+
 use crate::app::Shared;
 use crate::error::{sqlstate, ClientError};
 use crate::session;
@@ -17,7 +21,8 @@ use crate::session;
 /// After the hard stop, how long sessions get to write their goodbye.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts clients until the drain, running each session on one of `lanes`.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, lanes: Lanes) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -42,11 +47,22 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>) {
             tracker.spawn(refuse(tcp, limit));
             continue;
         }
+        // The session's lane registers the socket with its own runtime.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "could not hand the connection to a session thread");
+                continue;
+            }
+        };
         let shared = shared.clone();
-        tracker.spawn(async move {
-            session::run(tcp, peer, &shared).await;
+        lanes.spawn(tracker.track_future(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => session::run(tcp, peer, &shared).await,
+                Err(e) => tracing::warn!(error = %e, %peer, "could not register the connection"),
+            }
             drop(guard);
-        });
+        }));
     }
     drop(listener);
     tracker.close();

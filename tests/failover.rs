@@ -180,8 +180,9 @@ async fn failover_story() {
     })
     .await;
     let session = connect(proxy.addr).await;
+    // Simple protocol: no statement Close left in flight when the primary dies.
     session
-        .execute("update fo set v = 0 where id = 1", &[])
+        .batch_execute("update fo set v = 0 where id = 1")
         .await
         .unwrap();
     pg_ctl("stop_immediate c.primary", || c.primary.stop_immediate());

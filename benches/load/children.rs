@@ -61,8 +61,7 @@ impl Drop for Proxy {
 
 /// Starts `pgmeridian run --config` in front of the cluster: reads to the replicas,
 /// read-your-writes by LSN (the defaults), quiet logs. `name` names its files; `program` is
-/// the binary (this build's unless given); `workers`, if given, sets the runtime's worker
-/// threads (`TOKIO_WORKER_THREADS`).
+/// the binary (this build's unless given); `workers`, if given, sets its session threads.
 pub fn start_pgmeridian(
     c: &LocalCluster,
     name: &str,
@@ -71,16 +70,17 @@ pub fn start_pgmeridian(
 ) -> Result<Proxy, String> {
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = c.base.join(format!("{name}.yaml"));
-    fs::write(&config, pgmeridian_yaml(c, port, admin_port)).map_err(|e| e.to_string())?;
+    let mut yaml = pgmeridian_yaml(c, port, admin_port);
+    if let Some(n) = workers {
+        yaml.push_str(&format!("workers: {n}\n"));
+    }
+    fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let this_build = Path::new(env!("CARGO_BIN_EXE_pgmeridian"));
     let mut cmd = Command::new(program.unwrap_or(this_build));
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
         .env("PGMERIDIAN_LOG", "warn");
-    if let Some(n) = workers {
-        cmd.env("TOKIO_WORKER_THREADS", n.to_string());
-    }
     let log = c.base.join(format!("{name}.log"));
     let proxy = Proxy {
         child: spawn(&mut cmd, &log)?,

@@ -65,6 +65,11 @@ fn each_mistake_is_reported_at_its_yaml_path() {
             "region: region \"mars\" is not defined",
         ),
         (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\nworkers: 0",
+            "workers: at least one session thread",
+        ),
+        (
             "lat: 53.3",
             "lat: 153.3",
             "regions.eu-west.lat: latitude 153.3",

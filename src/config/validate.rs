@@ -13,6 +13,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if let Some(admin) = &config.admin_listen {
         check_addr(admin, "admin_listen", &mut p);
     }
+    if config.workers == Some(0) {
+        p.push(Problem::new(
+            "workers",
+            "at least one session thread is needed",
+        ));
+    }
     if !config.regions.contains_key(&config.region) {
         p.push(Problem::new(
             "region",

@@ -216,6 +216,10 @@ impl Relay<'_> {
     async fn run_loop(&mut self, idle_timeout: Duration) -> End {
         let idle_enabled = !idle_timeout.is_zero();
         let mut idle = pin!(tokio::time::sleep(idle_timeout));
+        // Registered once for the session, not once per turn of the loop.
+        let shared = self.shared;
+        let mut drain = pin!(shared.drain.cancelled());
+        let mut hard_stop = pin!(shared.hard_stop.cancelled());
         if let Err(end) = self.on_client_bytes().await {
             return end;
         }
@@ -283,8 +287,8 @@ impl Relay<'_> {
                         _ => return End::ClientGone,
                     }
                 }
-                _ = self.shared.drain.cancelled(), if !self.draining => self.draining = true,
-                _ = self.shared.hard_stop.cancelled() => return End::Shutdown,
+                _ = drain.as_mut(), if !self.draining => self.draining = true,
+                _ = hard_stop.as_mut() => return End::Shutdown,
                 _ = idle.as_mut(), if idle_enabled && quiescent => return End::IdleTimeout,
             }
         }
