@@ -1,11 +1,12 @@
 //! Opening an authenticated connection to one backend node: TCP, optional TLS, StartupMessage,
 //! SCRAM/MD5/cleartext/trust login; collects ParameterStatus and BackendKeyData. No routing.
 
+pub mod scram;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -175,7 +176,7 @@ async fn connect_inner(
         .map_err(|e| protocol(e.to_string()))?;
     io.flush().await.map_err(|e| io_err(e.into()))?;
 
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<scram::ScramClient> = None;
     let mut conn_params = Vec::new();
     let mut key = None;
     loop {
@@ -208,28 +209,42 @@ async fn connect_inner(
                                 "server offers no SASL mechanism we support".into(),
                             ));
                         }
-                        let s = ScramSha256::new(
-                            user.password.as_bytes(),
-                            ChannelBinding::unsupported(),
+                        let s = scram::ScramClient::new(
+                            &pgwire::api::auth::sasl::scram::random_nonce(),
                         );
-                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut io.wbuf)
-                            .map_err(|e| protocol(e.to_string()))?;
+                        frontend::sasl_initial_response(
+                            "SCRAM-SHA-256",
+                            &s.client_first(),
+                            &mut io.wbuf,
+                        )
+                        .map_err(|e| protocol(e.to_string()))?;
                         scram = Some(s);
                     }
                     11 => {
                         let s = scram
                             .as_mut()
                             .ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
-                        s.update(data)
+                        let first = s
+                            .parse_server_first(data)
                             .map_err(|e| protocol(format!("SCRAM: {e}")))?;
-                        frontend::sasl_response(s.message(), &mut io.wbuf)
+                        let salted =
+                            user.backend_scram
+                                .get_or_derive(&first.salt, first.iterations, || {
+                                    scram::salt_password(
+                                        &user.password,
+                                        &first.salt,
+                                        first.iterations,
+                                    )
+                                });
+                        let response = s.client_final(data, &first, salted);
+                        frontend::sasl_response(&response, &mut io.wbuf)
                             .map_err(|e| protocol(e.to_string()))?;
                     }
                     12 => {
-                        let mut s = scram
+                        let s = scram
                             .take()
                             .ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
-                        s.finish(data)
+                        s.verify_server_final(data)
                             .map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
                     }
                     other => {

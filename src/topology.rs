@@ -45,6 +45,8 @@ pub struct UserSpec {
     /// SCRAM salt and `Hi(password, salt, 4096)`, computed once per load, not per login.
     pub scram_salt: Vec<u8>,
     pub scram_salted_password: Vec<u8>,
+    /// Backend logins: salted passwords by the node's salt, derived once each.
+    pub backend_scram: crate::backend::scram::SaltedPasswords,
 }
 
 pub struct ClusterSpec {
@@ -184,6 +186,7 @@ impl Topology {
                     auth: u.auth,
                     scram_salt: salt.to_vec(),
                     scram_salted_password: salted,
+                    backend_scram: Default::default(),
                 };
                 Arc::new(spec)
             })

@@ -1,0 +1,267 @@
+//! The SCRAM-SHA-256 client for backend logins (RFC 5802, RFC 7677), without channel binding.
+//! The salted password is kept per salt and iteration count, so PBKDF2 runs once per user and
+//! node, not at every login. Owns the message arithmetic only; the login loop does the I/O.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ring::{digest, hmac};
+
+/// Iteration counts above this are refused (a hostile server could make every login cost
+/// seconds of CPU). PostgreSQL's default is 4096.
+pub const MAX_ITERATIONS: u32 = 100_000;
+/// Different salts a user's cache keeps (one per node that stores the role separately).
+const CACHE_LIMIT: usize = 64;
+
+/// (salt, iterations) → `Hi(password, salt, iterations)`.
+type BySalt = HashMap<(Vec<u8>, u32), [u8; 32]>;
+
+/// One user's salted passwords by (salt, iterations). It is as secret as the password, which
+/// the same user spec already holds; a reload with a new password builds a new, empty one.
+#[derive(Default)]
+pub struct SaltedPasswords {
+    by_salt: Mutex<BySalt>,
+}
+
+impl SaltedPasswords {
+    /// The salted password for `salt` and `iterations`, derived with `derive` only when it is
+    /// not cached yet.
+    pub fn get_or_derive(
+        &self,
+        salt: &[u8],
+        iterations: u32,
+        derive: impl FnOnce() -> [u8; 32],
+    ) -> [u8; 32] {
+        let key = (salt.to_vec(), iterations);
+        if let Some(found) = self.lock().get(&key) {
+            return *found;
+        }
+        let salted = derive();
+        let mut map = self.lock();
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key, salted);
+        salted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BySalt> {
+        self.by_salt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `Hi(password, salt, i)`: PBKDF2-HMAC-SHA-256, the password normalized with SASLprep as
+/// PostgreSQL does (kept as is if it cannot be).
+pub fn salt_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let derived =
+        pgwire::api::auth::sasl::scram::gen_salted_password(password, salt, iterations as usize);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&derived[..32]);
+    out
+}
+
+/// One SCRAM exchange, client side.
+pub struct ScramClient {
+    client_first_bare: String,
+    nonce: String,
+    /// After the server-first message: what the server's signature is checked against.
+    expect: Option<Expected>,
+}
+
+struct Expected {
+    salted: [u8; 32],
+    auth_message: String,
+}
+
+/// What the server-first message says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerFirst {
+    pub nonce: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+impl ScramClient {
+    /// Starts an exchange with `nonce` (printable, no commas). PostgreSQL takes the user from
+    /// the startup packet, so the SCRAM user name is empty.
+    pub fn new(nonce: &str) -> ScramClient {
+        ScramClient::with_user("", nonce)
+    }
+
+    fn with_user(user: &str, nonce: &str) -> ScramClient {
+        ScramClient {
+            client_first_bare: format!("n={user},r={nonce}"),
+            nonce: nonce.to_owned(),
+            expect: None,
+        }
+    }
+
+    /// The client-first message (no channel binding: `n,,`).
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("n,,{}", self.client_first_bare).into_bytes()
+    }
+
+    /// Reads the server-first message.
+    pub fn parse_server_first(&self, message: &[u8]) -> Result<ServerFirst, String> {
+        let text = std::str::from_utf8(message).map_err(|_| "server-first is not UTF-8")?;
+        let mut fields = text.split(',');
+        let mut field = |name: &str| {
+            fields
+                .next()
+                .and_then(|f| f.strip_prefix(name))
+                .ok_or_else(|| format!("server-first lacks {name}"))
+        };
+        let nonce = field("r=")?.to_owned();
+        let salt = STANDARD
+            .decode(field("s=")?)
+            .map_err(|e| format!("bad salt: {e}"))?;
+        let iterations: u32 = field("i=")?
+            .parse()
+            .map_err(|_| "bad iteration count".to_owned())?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err("the server's nonce does not extend ours".into());
+        }
+        if iterations == 0 || iterations > MAX_ITERATIONS {
+            return Err(format!(
+                "iteration count {iterations} is outside 1..={MAX_ITERATIONS}"
+            ));
+        }
+        Ok(ServerFirst {
+            nonce,
+            salt,
+            iterations,
+        })
+    }
+
+    /// The client-final message for `server_first` (its raw text and parsed form), proving
+    /// knowledge of `salted`, the salted password for its salt and iteration count.
+    pub fn client_final(
+        &mut self,
+        server_first_raw: &[u8],
+        server_first: &ServerFirst,
+        salted: [u8; 32],
+    ) -> Vec<u8> {
+        let without_proof = format!("c=biws,r={}", server_first.nonce);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare,
+            String::from_utf8_lossy(server_first_raw),
+            without_proof
+        );
+        let client_key = mac(&salted, b"Client Key");
+        let stored_key = digest::digest(&digest::SHA256, &client_key);
+        let signature = mac(stored_key.as_ref(), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature.iter())
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.expect = Some(Expected {
+            salted,
+            auth_message,
+        });
+        format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes()
+    }
+
+    /// Checks the server-final message: the server must prove it knows the password too.
+    pub fn verify_server_final(&self, message: &[u8]) -> Result<(), String> {
+        let expect = self
+            .expect
+            .as_ref()
+            .ok_or("server-final before client-final")?;
+        let text = std::str::from_utf8(message).map_err(|_| "server-final is not UTF-8")?;
+        if let Some(e) = text.strip_prefix("e=") {
+            return Err(format!("server reports: {e}"));
+        }
+        let given = text
+            .split(',')
+            .next()
+            .and_then(|v| v.strip_prefix("v="))
+            .ok_or("server-final lacks v=")?;
+        let given = STANDARD
+            .decode(given)
+            .map_err(|e| format!("bad server signature: {e}"))?;
+        let server_key = mac(&expect.salted, b"Server Key");
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &server_key);
+        hmac::verify(&key, expect.auth_message.as_bytes(), &given)
+            .map_err(|_| "the server's signature does not match".to_owned())
+    }
+}
+
+fn mac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7677, section 3: user "user", password "pencil".
+    const CLIENT_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    #[test]
+    fn the_rfc_7677_exchange() {
+        let mut c = ScramClient::with_user("user", CLIENT_NONCE);
+        assert_eq!(c.client_first(), b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        let first = c.parse_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(first.iterations, 4096);
+        let salted = salt_password("pencil", &first.salt, first.iterations);
+        let fin = c.client_final(SERVER_FIRST.as_bytes(), &first, salted);
+        assert_eq!(String::from_utf8(fin).unwrap(), CLIENT_FINAL);
+        assert_eq!(c.verify_server_final(SERVER_FINAL.as_bytes()), Ok(()));
+        assert!(c
+            .verify_server_final(b"v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .is_err());
+        assert!(c
+            .verify_server_final(b"e=invalid-proof")
+            .unwrap_err()
+            .contains("invalid-proof"));
+    }
+
+    #[test]
+    fn hostile_server_first_messages_are_refused() {
+        let c = ScramClient::new(CLIENT_NONCE);
+        for (message, want) in [
+            ("r=someoneelse,s=AAAA,i=4096", "nonce"),
+            ("r=rOprNGfwEbeRWgbNEkqO,s=AAAA,i=4096", "nonce"),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100000000", "iteration"),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=0", "iteration"),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=!!,i=4096", "salt"),
+            ("r=rOprNGfwEbeRWgbNEkqOx,i=4096", "s="),
+            ("", "r="),
+        ] {
+            let err = c.parse_server_first(message.as_bytes()).unwrap_err();
+            assert!(err.contains(want), "{message}: {err}");
+        }
+        assert!(c.parse_server_first(&[0xff, 0xfe]).is_err());
+        assert!(
+            c.verify_server_final(b"v=AAAA").is_err(),
+            "before client-final"
+        );
+    }
+
+    #[test]
+    fn salted_passwords_are_derived_once_per_salt() {
+        let cache = SaltedPasswords::default();
+        let mut derived = 0;
+        for salt in [&b"a"[..], b"a", b"b", b"a"] {
+            cache.get_or_derive(salt, 4096, || {
+                derived += 1;
+                [salt[0]; 32]
+            });
+        }
+        assert_eq!(derived, 2);
+        assert_eq!(cache.get_or_derive(b"b", 4096, || [0; 32]), [b'b'; 32]);
+        // Another iteration count is another key.
+        assert_eq!(cache.get_or_derive(b"b", 10, || [7; 32]), [7; 32]);
+    }
+}
