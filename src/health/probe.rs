@@ -114,6 +114,7 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
                 rtts: Default::default(),
                 last: NodeHealth::default(),
             });
+            st.tracker.set_limits(fall, rise);
             if !Arc::ptr_eq(&st.spec, n) {
                 st.spec = n.clone();
                 st.conn = None;

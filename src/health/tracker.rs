@@ -33,6 +33,13 @@ impl Tracker {
         self.state
     }
 
+    /// New `fall` and `rise` (a reload): the state and the streak so far are kept, and the
+    /// next result is judged by the new limits.
+    pub fn set_limits(&mut self, fall: u32, rise: u32) {
+        self.fall = fall.max(1);
+        self.rise = rise.max(1);
+    }
+
     pub fn is_up(&self) -> bool {
         self.state == State::Up
     }
@@ -118,5 +125,19 @@ mod tests {
         assert_eq!(t.observe(false), Some(State::Down));
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(true), Some(State::Up));
+    }
+
+    #[test]
+    fn new_limits_apply_to_the_next_result() {
+        let mut t = Tracker::new(5, 5);
+        t.observe(true);
+        t.observe(false);
+        t.observe(false);
+        // A reload lowers `fall` to 3: the two failures so far count toward it.
+        t.set_limits(3, 1);
+        assert_eq!(t.observe(false), Some(State::Down));
+        assert_eq!(t.observe(true), Some(State::Up), "rise is now 1");
+        t.set_limits(0, 0);
+        assert_eq!(t.observe(false), Some(State::Down), "zero behaves as 1");
     }
 }

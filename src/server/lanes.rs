@@ -62,16 +62,31 @@ impl Lanes {
         else {
             return;
         };
-        let count = lane.sessions.clone();
-        count.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted::new(&lane.sessions);
         let job = Box::pin(async move {
             session.await;
-            count.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
         });
         if lane.jobs.send(job).is_err() {
             // The thread is gone (it panicked): the job, and the client's socket, are dropped.
             tracing::error!("a session thread has stopped; the connection is closed");
         }
+    }
+}
+
+/// One session in its lane's count, until dropped (also when the session panics).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Counted {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
