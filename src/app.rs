@@ -132,13 +132,29 @@ pub struct Proxy {
     /// The admin HTTP listener's address, when `admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    /// The accept loop; taken by `shutdown` and `wait`.
+    task: Option<JoinHandle<()>>,
+}
+
+/// Dropping a running proxy closes its sessions at once (they live on the session threads,
+/// not on the caller's runtime); `shutdown` is the graceful way.
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.drain.cancel();
+        self.shared.hard_stop.cancel();
+    }
 }
 
 impl Proxy {
     /// Binds `config.listen` (port 0 picks a free port) and starts accepting.
     pub async fn start(config: &Config) -> Result<Proxy, Vec<Problem>> {
         let shared = Arc::new(Shared::new(config)?);
+        let lanes = server::Lanes::start(config.session_threads()).map_err(|e| {
+            vec![Problem::new(
+                "workers",
+                format!("cannot start session threads: {e}"),
+            )]
+        })?;
         shared.reload_state.lock().await.started_with(config, None);
         shared.metrics.config_generation.set(1);
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
@@ -168,30 +184,28 @@ impl Proxy {
         };
         crate::health::probe::spawn_missing(&shared);
         tokio::spawn(crate::geo::geoip::watch(shared.clone()));
-        let lanes = server::Lanes::start(config.session_threads()).map_err(|e| {
-            vec![Problem::new(
-                "workers",
-                format!("cannot start session threads: {e}"),
-            )]
-        })?;
         let task = tokio::spawn(server::run(listener, shared.clone(), lanes));
         Ok(Proxy {
             addr,
             admin_addr,
             shared,
-            task,
+            task: Some(task),
         })
     }
 
     /// Graceful stop: no new clients, sessions finish their transaction, then close.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.drain.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 
     /// Waits until the accept loop has ended (after a drain).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 

@@ -188,6 +188,11 @@ async fn connect_inner(
                     .split_first_chunk::<4>()
                     .ok_or_else(|| protocol("short authentication message".into()))?;
                 match i32::from_be_bytes(*code) {
+                    0 if scram.is_some() => {
+                        return Err(protocol(
+                            "server accepted the login without proving it knows the password (no SCRAM final message)".into(),
+                        ))
+                    }
                     0 => {}
                     3 => frontend::password_message(user.password.as_bytes(), &mut io.wbuf)
                         .map_err(|e| protocol(e.to_string()))?,
@@ -227,15 +232,21 @@ async fn connect_inner(
                         let first = s
                             .parse_server_first(data)
                             .map_err(|e| protocol(format!("SCRAM: {e}")))?;
-                        let salted =
-                            user.backend_scram
-                                .get_or_derive(&first.salt, first.iterations, || {
-                                    scram::salt_password(
-                                        &user.password,
-                                        &first.salt,
-                                        first.iterations,
-                                    )
-                                });
+                        let salted = match user.backend_scram.get(&first.salt, first.iterations) {
+                            Some(salted) => salted,
+                            None => {
+                                // PBKDF2 off the session thread: other sessions keep moving.
+                                let (password, salt, i) =
+                                    (user.password.clone(), first.salt.clone(), first.iterations);
+                                let salted = tokio::task::spawn_blocking(move || {
+                                    scram::salt_password(&password, &salt, i)
+                                })
+                                .await
+                                .map_err(|e| protocol(format!("SCRAM: {e}")))?;
+                                user.backend_scram.insert(&first.salt, i, salted);
+                                salted
+                            }
+                        };
                         let response = s.client_final(data, &first, salted);
                         frontend::sasl_response(&response, &mut io.wbuf)
                             .map_err(|e| protocol(e.to_string()))?;

@@ -252,7 +252,8 @@ fn fallback(input: &RouteInput, reason: Reason) -> Decision {
 ///
 /// Moving a session costs a backend login, so it stays where it is unless another replica is
 /// nearer or clearly faster: its current replica's RTT counts one step less, so another must be
-/// at least a full step faster (not just across a step boundary), and load only places
+/// at least two steps lower (more than one `rtt_granularity` faster, never just jitter across a
+/// step boundary), and load only places
 /// sessions that have no replica yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RankKey {

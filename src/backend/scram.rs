@@ -9,9 +9,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::{digest, hmac};
 
-/// Iteration counts above this are refused (a hostile server could make every login cost
-/// seconds of CPU). PostgreSQL's default is 4096.
-pub const MAX_ITERATIONS: u32 = 100_000;
+/// Iteration counts above this are refused (a hostile server could make a login cost minutes of
+/// CPU). PostgreSQL's default is 4096; hardening guides suggest up to about 600,000.
+pub const MAX_ITERATIONS: u32 = 10_000_000;
+/// Salts longer than this are refused (PostgreSQL's are 16 bytes).
+pub const MAX_SALT: usize = 1024;
 /// Different salts a user's cache keeps (one per node that stores the role separately).
 const CACHE_LIMIT: usize = 64;
 
@@ -26,25 +28,18 @@ pub struct SaltedPasswords {
 }
 
 impl SaltedPasswords {
-    /// The salted password for `salt` and `iterations`, derived with `derive` only when it is
-    /// not cached yet.
-    pub fn get_or_derive(
-        &self,
-        salt: &[u8],
-        iterations: u32,
-        derive: impl FnOnce() -> [u8; 32],
-    ) -> [u8; 32] {
-        let key = (salt.to_vec(), iterations);
-        if let Some(found) = self.lock().get(&key) {
-            return *found;
-        }
-        let salted = derive();
+    /// The salted password for `salt` and `iterations`, if derived before.
+    pub fn get(&self, salt: &[u8], iterations: u32) -> Option<[u8; 32]> {
+        self.lock().get(&(salt.to_vec(), iterations)).copied()
+    }
+
+    /// Keeps a salted password derived for `salt` and `iterations`.
+    pub fn insert(&self, salt: &[u8], iterations: u32, salted: [u8; 32]) {
         let mut map = self.lock();
         if map.len() >= CACHE_LIMIT {
             map.clear();
         }
-        map.insert(key, salted);
-        salted
+        map.insert((salt.to_vec(), iterations), salted);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BySalt> {
@@ -105,6 +100,9 @@ impl ScramClient {
 
     /// Reads the server-first message.
     pub fn parse_server_first(&self, message: &[u8]) -> Result<ServerFirst, String> {
+        if self.expect.is_some() {
+            return Err("a second server-first message".into());
+        }
         let text = std::str::from_utf8(message).map_err(|_| "server-first is not UTF-8")?;
         let mut fields = text.split(',');
         let mut field = |name: &str| {
@@ -122,6 +120,12 @@ impl ScramClient {
             .map_err(|_| "bad iteration count".to_owned())?;
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err("the server's nonce does not extend ours".into());
+        }
+        if salt.is_empty() || salt.len() > MAX_SALT {
+            return Err(format!(
+                "salt of {} bytes is outside 1..={MAX_SALT}",
+                salt.len()
+            ));
         }
         if iterations == 0 || iterations > MAX_ITERATIONS {
             return Err(format!(
@@ -234,6 +238,7 @@ mod tests {
             ("r=someoneelse,s=AAAA,i=4096", "nonce"),
             ("r=rOprNGfwEbeRWgbNEkqO,s=AAAA,i=4096", "nonce"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100000000", "iteration"),
+            ("r=rOprNGfwEbeRWgbNEkqOx,s=,i=4096", "salt"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=0", "iteration"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=!!,i=4096", "salt"),
             ("r=rOprNGfwEbeRWgbNEkqOx,i=4096", "s="),
@@ -250,18 +255,29 @@ mod tests {
     }
 
     #[test]
-    fn salted_passwords_are_derived_once_per_salt() {
+    fn salted_passwords_are_kept_per_salt_and_iteration_count() {
         let cache = SaltedPasswords::default();
-        let mut derived = 0;
-        for salt in [&b"a"[..], b"a", b"b", b"a"] {
-            cache.get_or_derive(salt, 4096, || {
-                derived += 1;
-                [salt[0]; 32]
-            });
+        assert_eq!(cache.get(b"a", 4096), None);
+        cache.insert(b"a", 4096, [1; 32]);
+        cache.insert(b"b", 4096, [2; 32]);
+        assert_eq!(cache.get(b"a", 4096), Some([1; 32]));
+        assert_eq!(cache.get(b"b", 4096), Some([2; 32]));
+        assert_eq!(
+            cache.get(b"b", 10),
+            None,
+            "another iteration count is another key"
+        );
+        for i in 0..100u32 {
+            cache.insert(&i.to_be_bytes(), 4096, [3; 32]);
         }
-        assert_eq!(derived, 2);
-        assert_eq!(cache.get_or_derive(b"b", 4096, || [0; 32]), [b'b'; 32]);
-        // Another iteration count is another key.
-        assert_eq!(cache.get_or_derive(b"b", 10, || [7; 32]), [7; 32]);
+        assert!(cache.lock().len() <= CACHE_LIMIT);
+    }
+
+    #[test]
+    fn a_second_server_first_is_refused() {
+        let mut c = ScramClient::with_user("user", CLIENT_NONCE);
+        let first = c.parse_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        c.client_final(SERVER_FIRST.as_bytes(), &first, [0; 32]);
+        assert!(c.parse_server_first(SERVER_FIRST.as_bytes()).is_err());
     }
 }

@@ -70,6 +70,11 @@ fn each_mistake_is_reported_at_its_yaml_path() {
             "workers: at least one session thread",
         ),
         (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\nworkers: 100000",
+            "workers: 100000 session threads is more than the limit of 1024",
+        ),
+        (
             "lat: 53.3",
             "lat: 153.3",
             "regions.eu-west.lat: latitude 153.3",

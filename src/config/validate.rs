@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use super::{BackendTls, Config, Node, Problem};
 
+/// More session threads than this is a typo, not a plan.
+const MAX_WORKERS: usize = 1024;
+
 /// Every problem found, in file order; empty means valid.
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -13,11 +16,16 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if let Some(admin) = &config.admin_listen {
         check_addr(admin, "admin_listen", &mut p);
     }
-    if config.workers == Some(0) {
-        p.push(Problem::new(
+    match config.workers {
+        Some(0) => p.push(Problem::new(
             "workers",
             "at least one session thread is needed",
-        ));
+        )),
+        Some(n) if n > MAX_WORKERS => p.push(Problem::new(
+            "workers",
+            format!("{n} session threads is more than the limit of {MAX_WORKERS}"),
+        )),
+        _ => {}
     }
     if !config.regions.contains_key(&config.region) {
         p.push(Problem::new(

@@ -172,6 +172,10 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
             }
             if let Some(state) = st.tracker.observe(samples[i].is_some()) {
                 tracing::info!(node = %node, ?state, "node state changed");
+                if state == super::tracker::State::Down {
+                    // Round trips from before the outage say nothing about the node that returns.
+                    st.rtts = Default::default();
+                }
             }
             if samples[i].is_none() && st.tracker.is_up() {
                 // One missed probe within `fall`: keep what we last knew.

@@ -169,7 +169,7 @@ fn ranking_table() {
             want: route(Target::Replica(1), Reason::ReadNearest),
         },
         RankCase {
-            name: "a replica a full step faster takes the session",
+            name: "a replica two RTT steps lower takes the session",
             client: EU,
             replicas: vec![r(EU, "eu", 2), r(EU, "eu", 11)],
             allowed: &[],

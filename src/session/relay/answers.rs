@@ -91,7 +91,8 @@ impl Relay<'_> {
                     }
                     return;
                 }
-                b.sent_fatal = fatal.is_some();
+                // Held answers of a retryable batch have not reached the client (yet).
+                b.sent_fatal = fatal.is_some() && !tentative;
                 let refused_write = fields
                     .as_ref()
                     .is_some_and(|f| f.code == "25006" || f.message.contains("during recovery"));
@@ -292,14 +293,20 @@ impl Relay<'_> {
         true
     }
 
+    /// The session cannot lose this backend connection without the client noticing: work is in
+    /// flight on it, a transaction lives there, or the session is pinned to the primary.
+    pub(super) fn needs(&self, slot: Slot) -> bool {
+        self.active == Some(slot)
+            || self.route.txn != TxnStatus::Idle && self.bound_slot() == Some(slot)
+            || self.slot_ref(slot).is_some_and(|b| !b.idle())
+            || (slot == Slot::Primary && self.route.pinned)
+    }
+
     pub(super) fn backend_closed(&mut self, slot: Slot, reason: String) -> Result<(), End> {
         if slot == Slot::Replica && self.retry_elsewhere(&reason) {
             return Ok(());
         }
-        let needed = self.active == Some(slot)
-            || self.route.txn != TxnStatus::Idle && self.bound_slot() == Some(slot)
-            || self.slot_ref(slot).is_some_and(|b| !b.idle())
-            || (slot == Slot::Primary && self.route.pinned);
+        let needed = self.needs(slot);
         let Some(b) = self.slot(slot).take() else {
             return Ok(());
         };

@@ -30,8 +30,11 @@ impl Relay<'_> {
         if self
             .slot_ref(slot)
             .is_some_and(|b| b.idle() && b.farewell.is_some())
+            && !self.needs(slot)
         {
-            // It said it is closing (a shutdown, an admin's terminate): connect afresh.
+            // It said it is closing (a shutdown, an admin's terminate) and holds nothing the
+            // session needs: connect afresh. A needed one is left to close, which ends the
+            // session with the backend's reason (a transaction must not go on elsewhere).
             if let Some(b) = self.slot(slot).take() {
                 tracing::debug!(node = %b.node, reason = ?b.farewell, "dropping a backend connection that is closing");
             }
