@@ -22,6 +22,7 @@ pub mod geo;
 pub mod health;
 pub mod localpg;
 pub mod metrics;
+pub mod occupancy;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod reload;

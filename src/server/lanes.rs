@@ -62,7 +62,7 @@ impl Lanes {
         else {
             return;
         };
-        let counted = Counted::new(&lane.sessions);
+        let counted = crate::occupancy::Occupied::new(&lane.sessions);
         let job = Box::pin(async move {
             session.await;
             drop(counted);
@@ -71,22 +71,6 @@ impl Lanes {
             // The thread is gone (it panicked): the job, and the client's socket, are dropped.
             tracing::error!("a session thread has stopped; the connection is closed");
         }
-    }
-}
-
-/// One session in its lane's count, until dropped (also when the session panics).
-struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn new(count: &Arc<AtomicUsize>) -> Counted {
-        count.fetch_add(1, Ordering::Relaxed);
-        Counted(count.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -73,25 +73,9 @@ pub(super) struct BackendSide {
     /// Answers to a retryable batch, held until it is clear they can be forwarded.
     pub(super) tentative: BytesMut,
     /// Counts this session in the replica's load while the connection lives.
-    _load: Option<LoadGuard>,
+    _load: Option<crate::occupancy::Occupied>,
     /// Counts the connection in `pgmeridian_backend_connections` while it lives.
     _counted: GaugeGuard,
-}
-
-/// One session's share of a replica's `sessions` count.
-struct LoadGuard(Arc<std::sync::atomic::AtomicUsize>);
-
-impl LoadGuard {
-    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> LoadGuard {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        LoadGuard(count.clone())
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 impl BackendSide {
@@ -107,7 +91,7 @@ impl BackendSide {
             None => TargetRole::Primary,
         };
         BackendSide {
-            _load: replica_index.map(|_| LoadGuard::new(&conn.node.sessions)),
+            _load: replica_index.map(|_| crate::occupancy::Occupied::new(&conn.node.sessions)),
             _counted: metrics.backend_connection(&conn.node.cluster, role),
             node: conn.node,
             replica_index,
