@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
             node(ConfiguredRole::Replica(2), 45.5, -73.6),
         ],
         allowed_regions: Vec::new(),
+        pooling: Default::default(),
     };
     let replica = |lsn| NodeHealth {
         up: true,

@@ -56,7 +56,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             crate::status::render(
                 &shared.topology.load(),
                 &shared.health.load(),
-                &shared.metrics,
+                &shared.pools.all(),
             ),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),

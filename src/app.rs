@@ -36,10 +36,11 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
-    pub metrics: crate::metrics::Metrics,
-    /// Failed backend connects by sessions since the last probe round, keyed by node
-    /// (`host:port`): the probe loop counts them as failed observations.
-    pub connect_failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed backend connects by sessions since the last probe round.
+    pub connect_failures: crate::health::ConnectFailures,
+    /// Backend connection pools, shared by every session.
+    pub pools: Arc<crate::pool::Pools>,
     /// Clusters with a running probe loop.
     pub probing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Serializes reloads (file watcher and SIGHUP) and remembers the last file applied.
@@ -49,22 +50,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A session could not connect to `node`.
-    pub fn report_connect_failure(&self, node: &crate::topology::NodeSpec) {
-        let mut failures = self
-            .connect_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *failures.entry(node.key.to_string()).or_default() += 1;
-    }
-
-    /// Takes the failures reported for `node` since the last call.
-    pub fn take_connect_failures(&self, node: &crate::topology::NodeSpec) -> u32 {
-        let mut failures = self
-            .connect_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        failures.remove(&*node.key).unwrap_or(0)
+    /// The few handles a session uses.
+    pub fn session_handles(&self) -> crate::session::Handles<'_> {
+        crate::session::Handles {
+            topology: &self.topology,
+            health: &self.health,
+            metrics: &self.metrics,
+            learned: &self.learned_writes,
+            pools: &self.pools,
+            drain: &self.drain,
+            hard_stop: &self.hard_stop,
+            failures: &self.connect_failures,
+        }
     }
 }
 
@@ -105,9 +102,10 @@ impl Shared {
         };
         let geoip = crate::geo::geoip::GeoIp::open(topology.geoip.as_deref())
             .map_err(|e| vec![Problem::new("geoip.database", e)])?;
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.config_generation.set(topology.generation as i64);
         Ok(Shared {
+            pools: Arc::new(crate::pool::Pools::new(metrics.clone())),
             geoip,
             probing: Default::default(),
             reload_state: Default::default(),
@@ -184,6 +182,12 @@ impl Proxy {
         };
         crate::health::probe::spawn_missing(&shared);
         tokio::spawn(crate::geo::geoip::watch(shared.clone()));
+        let for_pools = shared.clone();
+        tokio::spawn(crate::pool::maintain(
+            shared.pools.clone(),
+            move || for_pools.topology.load_full(),
+            shared.drain.clone(),
+        ));
         let task = tokio::spawn(server::run(listener, shared.clone(), lanes));
         Ok(Proxy {
             addr,

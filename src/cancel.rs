@@ -17,7 +17,15 @@ pub struct CancelTarget {
 
 struct Entry {
     key: i32,
-    target: Mutex<Option<CancelTarget>>,
+    target: Mutex<Target>,
+}
+
+#[derive(Default)]
+struct Target {
+    now: Option<CancelTarget>,
+    /// Backends a CancelRequest was forwarded to while they ran this session's work: the
+    /// signal may still be on its way, so they must not serve anyone else.
+    cancelled: Vec<i32>,
 }
 
 #[derive(Default)]
@@ -46,7 +54,7 @@ impl CancelRegistry {
         };
         let entry = Arc::new(Entry {
             key: rand::random(),
-            target: Mutex::new(None),
+            target: Mutex::new(Target::default()),
         });
         sessions.insert(pid, entry.clone());
         CancelHandle {
@@ -57,7 +65,8 @@ impl CancelRegistry {
         }
     }
 
-    /// The target for a CancelRequest, if the pid is live and the key matches.
+    /// The target for a CancelRequest, if the pid is live and the key matches; the target is
+    /// marked as cancelled (see [`CancelHandle::release_target`]).
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
         let entry = self
             .sessions
@@ -75,12 +84,12 @@ impl CancelRegistry {
         if !matches {
             return None;
         }
-        let target = entry
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        target
+        let mut target = entry.target.lock().unwrap_or_else(|e| e.into_inner());
+        let now = target.now.clone()?;
+        if !target.cancelled.contains(&now.pid) {
+            target.cancelled.push(now.pid);
+        }
+        Some(now)
     }
 
     pub fn len(&self) -> usize {
@@ -96,9 +105,35 @@ impl CancelRegistry {
 }
 
 impl CancelHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Target> {
+        self.entry.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records which backend now runs this session's work.
     pub fn set_target(&self, target: CancelTarget) {
-        *self.entry.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+        self.lock().now = Some(target);
+    }
+
+    /// No backend runs this session's work now: a late CancelRequest reaches nothing.
+    pub fn clear_target(&self) {
+        self.lock().now = None;
+    }
+
+    /// The lease of the backend with process id `pid` ends: it is no longer a target. Returns
+    /// whether a CancelRequest was forwarded to it meanwhile (then it must not be reused: the
+    /// signal could reach the next session's query). Atomic with the forwarding's lookup.
+    pub fn release_target(&self, pid: i32) -> bool {
+        let mut target = self.lock();
+        if target.now.as_ref().is_some_and(|t| t.pid == pid) {
+            target.now = None;
+        }
+        match target.cancelled.iter().position(|&p| p == pid) {
+            Some(i) => {
+                target.cancelled.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 

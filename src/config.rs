@@ -76,6 +76,9 @@ pub struct Config {
     /// restart to change).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Backend connection pools (a cluster may override them with `clusters.NAME.pooling`).
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 impl Config {
@@ -274,6 +277,66 @@ pub struct Cluster {
     /// routed outside them. Empty: no restriction.
     #[serde(default)]
     pub allowed_regions: Vec<String>,
+    /// This cluster's pools, instead of the top-level `pooling`.
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+}
+
+/// How a session holds backend connections.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A session leases a server connection per transaction (or per autocommit statement).
+    #[default]
+    Transaction,
+    /// A session keeps the server connections it leased until it ends.
+    Session,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// Backend connection pools: one per node, user and database, shared by every session.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pooling {
+    pub mode: PoolMode,
+    /// Most server connections per node, user and database.
+    pub size: usize,
+    /// Server connections kept open and idle, ready for the next lease.
+    pub min_idle: usize,
+    /// Server connections idle this long are closed (0s: never).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Server connections this old are closed once idle (0s: never).
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// A client waiting longer than this for a server connection gets 53300.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// Prepared statements a server connection keeps; past this, the least recently used
+    /// are closed before the next transaction.
+    pub max_prepared_statements: usize,
+}
+
+impl Default for Pooling {
+    fn default() -> Pooling {
+        Pooling {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+            wait_timeout: Duration::from_secs(5),
+            max_prepared_statements: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]

@@ -51,10 +51,12 @@ pub enum ErrorKind {
     ProxyProtocol,
     /// The connection limit was reached.
     TooManyClients,
+    /// No server connection of a pool became free within `pooling.wait_timeout`.
+    PoolTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::ClientProtocol,
         ErrorKind::AuthFailed,
         ErrorKind::UnknownDatabase,
@@ -68,6 +70,7 @@ impl ErrorKind {
         ErrorKind::StartupTimeout,
         ErrorKind::ProxyProtocol,
         ErrorKind::TooManyClients,
+        ErrorKind::PoolTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::StartupTimeout => "startup_timeout",
             ErrorKind::ProxyProtocol => "proxy_protocol",
             ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::PoolTimeout => "pool_timeout",
         }
     }
 

@@ -121,6 +121,27 @@ impl ClusterHealth {
     }
 }
 
+/// Failed backend connects by sessions since the last probe round, keyed by node key
+/// (`host:port/db`): the probe loop counts them as failed observations.
+#[derive(Debug, Default)]
+pub struct ConnectFailures {
+    map: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl ConnectFailures {
+    /// A session could not connect to `node`.
+    pub fn report(&self, node: &crate::topology::NodeSpec) {
+        let mut failures = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        *failures.entry(node.key.to_string()).or_default() += 1;
+    }
+
+    /// Takes the failures reported for `node` since the last call.
+    pub fn take(&self, node: &crate::topology::NodeSpec) -> u32 {
+        let mut failures = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&*node.key).unwrap_or(0)
+    }
+}
+
 /// Every cluster's observed state, keyed by cluster name.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -357,6 +378,7 @@ mod alignment_tests {
             primary: node("p"),
             replicas: vec![node("b"), node("c")],
             allowed_regions: vec![],
+            pooling: Default::default(),
         };
         let h = probed.aligned_to(&spec);
         assert_eq!(h.replicas[0], up(2), "b keeps its health");
@@ -367,6 +389,7 @@ mod alignment_tests {
             primary: node("q"),
             replicas: vec![node("a")],
             allowed_regions: vec![],
+            pooling: Default::default(),
         };
         assert_eq!(
             probed.aligned_to(&moved).primary_view(),

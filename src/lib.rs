@@ -23,6 +23,7 @@ pub mod health;
 pub mod localpg;
 pub mod metrics;
 pub mod occupancy;
+pub mod pool;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod reload;

@@ -75,11 +75,18 @@ pub struct Metrics {
     /// From forwarding a batch to its ReadyForQuery, by target role (use [`Metrics::batch_done`]).
     pub batch_duration: HistogramVec,
     batch_duration_by_target: [Histogram; 2],
-    /// Backend connections held by sessions, by cluster and slot role (probes not counted).
-    pub backend_connections: IntGaugeVec,
-    /// Backend logins made for sessions, by cluster and slot role: each costs the backend a
-    /// process and the proxy a SCRAM exchange, so a count far above the clients' means sessions
-    /// are moving between nodes.
+    /// Server connections of the pools, by cluster, node and state (active, idle, pinned).
+    pub pool_server_connections: IntGaugeVec,
+    /// Sessions waiting for a server connection, by cluster and node.
+    pub pool_clients_waiting: IntGaugeVec,
+    /// How long sessions waited for a server connection when they had to.
+    pub pool_wait_seconds: HistogramVec,
+    /// Server connections leased to sessions, by cluster and node.
+    pub pool_leases: IntCounterVec,
+    /// Server connections closed, by cluster, node and reason.
+    pub pool_closes: IntCounterVec,
+    /// Backend logins made for the pools, by cluster and node: each costs the backend a
+    /// process and the proxy a SCRAM exchange.
     pub backend_logins: IntCounterVec,
     /// Sessions pinned to the primary for life, by cluster and kind (`sticky_feature`).
     pub pinned_sessions: IntGaugeVec,
@@ -192,17 +199,42 @@ impl Metrics {
         Metrics {
             batch_duration,
             batch_duration_by_target,
-            backend_connections: int_gauge_vec(
+            pool_server_connections: int_gauge_vec(
                 &registry,
-                "backend_connections",
-                "Backend connections held by client sessions, by cluster and role (the session's primary or replica connection).",
-                &["cluster", "role"],
+                "pool_server_connections",
+                "Server connections of the pools, by cluster, node and state (active: leased; idle; pinned: leased to a session for its life).",
+                &["cluster", "node", "state"],
+            ),
+            pool_clients_waiting: int_gauge_vec(
+                &registry,
+                "pool_clients_waiting",
+                "Sessions waiting for a free server connection, by cluster and node.",
+                &["cluster", "node"],
+            ),
+            pool_wait_seconds: histogram_vec(
+                &registry,
+                "pool_wait_seconds",
+                "How long sessions that had to wait waited for a server connection.",
+                &["cluster", "node"],
+                BATCH_BUCKETS,
+            ),
+            pool_leases: counter(
+                &registry,
+                "pool_leases_total",
+                "Server connections leased to sessions (one per transaction in transaction mode).",
+                &["cluster", "node"],
+            ),
+            pool_closes: counter(
+                &registry,
+                "pool_closes_total",
+                "Server connections closed, by reason (idle_timeout, lifetime, broken, discarded, reload, shrink).",
+                &["cluster", "node", "reason"],
             ),
             backend_logins: counter(
                 &registry,
                 "backend_logins_total",
-                "Backend connections opened for client sessions, by cluster and role.",
-                &["cluster", "role"],
+                "Backend logins made for the pools, by cluster and node.",
+                &["cluster", "node"],
             ),
             pinned_sessions: int_gauge_vec(
                 &registry,
@@ -290,17 +322,6 @@ impl Metrics {
         self.errors.with_label_values(&[kind.as_str()]).inc();
     }
 
-    /// Counts one backend connection of a session while the guard lives.
-    pub fn backend_connection(&self, cluster: &str, role: TargetRole) -> GaugeGuard {
-        self.backend_logins
-            .with_label_values(&[cluster, role.as_str()])
-            .inc();
-        GaugeGuard::new(
-            self.backend_connections
-                .with_label_values(&[cluster, role.as_str()]),
-        )
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -346,13 +367,9 @@ mod tests {
         }
         assert!(text.contains("pgmeridian_config_reloads_total{result=\"unchanged\"} 0"));
         assert!(text.contains("pgmeridian_batch_duration_seconds_count{target=\"replica\"} 0"));
-        let gauge = || {
-            m.backend_connections
-                .with_label_values(&["app", "primary"])
-                .get()
-        };
-        let a = m.backend_connection("app", TargetRole::Primary);
-        let b = m.backend_connection("app", TargetRole::Primary);
+        let gauge = || m.pinned_sessions.with_label_values(&["app", "x"]).get();
+        let a = GaugeGuard::new(m.pinned_sessions.with_label_values(&["app", "x"]));
+        let b = GaugeGuard::new(m.pinned_sessions.with_label_values(&["app", "x"]));
         assert_eq!(gauge(), 2);
         drop(a);
         assert_eq!(gauge(), 1);

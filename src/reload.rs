@@ -149,7 +149,9 @@ async fn apply(
     }
     let summary = describe_changes(&previous, &built);
     let generation = built.generation;
-    shared.topology.store(Arc::new(built));
+    let built = Arc::new(built);
+    shared.topology.store(built.clone());
+    shared.pools.follow(&built);
     shared.metrics.config_generation.set(generation as i64);
     crate::health::probe::spawn_missing(shared);
     state.last_text = Some(hash(text));

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 mod lanes;
 
-pub use lanes::Lanes;
+pub use lanes::{current_lane, Lanes};
 
 use crate::app::Shared;
 use crate::error::{sqlstate, ClientError};

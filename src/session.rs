@@ -1,9 +1,14 @@
-//! One client connection from accept to close: the startup phase (`handshake`), then the
-//! steady-state relay (`relay`). Owns the per-session tracing span.
+//! One client connection from accept to close: the startup phase (`handshake`, `login`), then
+//! the sans-I/O protocol engine (`engine`) driven by its I/O loop (`driver`). Owns the
+//! per-session tracing span and the handles a session gets (`Handles`), nothing else.
 
 mod batch;
+mod driver;
+pub mod engine;
 mod handshake;
-mod relay;
+mod learned;
+mod login;
+mod settings;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +19,23 @@ use tracing::Instrument;
 
 use crate::app::Shared;
 use crate::proxy_protocol;
-pub use batch::LearnedWrites;
+pub use engine::End;
 pub use handshake::Established;
 use handshake::Outcome;
-pub use relay::End;
+pub use learned::LearnedWrites;
+
+/// What a session reads and uses beyond its own sockets; built from `app::Shared`.
+pub struct Handles<'s> {
+    pub topology: &'s arc_swap::ArcSwap<crate::topology::Topology>,
+    pub health: &'s arc_swap::ArcSwap<crate::health::Health>,
+    pub metrics: &'s crate::metrics::Metrics,
+    pub learned: &'s LearnedWrites,
+    pub pools: &'s crate::pool::Pools,
+    pub drain: &'s tokio_util::sync::CancellationToken,
+    pub hard_stop: &'s tokio_util::sync::CancellationToken,
+    /// Where failed backend connects are reported (the probes count them).
+    pub failures: &'s crate::health::ConnectFailures,
+}
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -89,8 +107,10 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
                 .await;
             }
             Outcome::Session(established) => {
-                tracing::debug!(user = %established.user.name, "session started");
-                let end = relay::run(*established, shared).await;
+                let Established { client, start } = *established;
+                tracing::debug!(user = %start.user.name, "session started");
+                let engine = engine::Engine::new(start);
+                let end = driver::run(client, engine, &shared.session_handles()).await;
                 tracing::debug!(?end, "session ended");
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::health::{ClusterHealth, Health, NodeHealth, PrimaryView};
-use crate::metrics::{Metrics, TargetRole};
+use crate::pool::Pool;
 use crate::topology::{ConfiguredRole, NodeSpec, Topology};
 
 #[derive(Debug, Serialize)]
@@ -26,16 +26,23 @@ pub struct ClusterStatus {
     pub primary_view: &'static str,
     /// The node acting as primary, when `primary_view` is `ok`.
     pub acting_primary: Option<String>,
-    /// Backend connections held by client sessions, by role.
-    pub backend_connections: BackendConnections,
+    /// `transaction` or `session`.
+    pub pool_mode: &'static str,
     /// The configured primary first, then the replicas in configuration order.
     pub nodes: Vec<NodeStatus>,
 }
 
+/// One pool (node and user) of server connections.
 #[derive(Debug, Serialize)]
-pub struct BackendConnections {
-    pub primary: i64,
-    pub replica: i64,
+pub struct PoolStatus {
+    pub user: String,
+    /// Most server connections.
+    pub size: usize,
+    /// Open now: leased plus idle.
+    pub open: usize,
+    pub idle: usize,
+    /// Sessions waiting for a connection.
+    pub waiting: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,12 +60,14 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     pub lag_bytes: Option<u64>,
     pub rtt_ms: Option<f64>,
-    /// Sessions holding a read connection to the node.
-    pub sessions: usize,
+    /// Server connections of this node leased to sessions now (ranking's load tie-break).
+    pub leases: usize,
+    /// Its pools, one per user that connected.
+    pub pools: Vec<PoolStatus>,
 }
 
 /// The status of every configured cluster, in name order.
-pub fn build(topology: &Topology, health: &Health, metrics: &Metrics) -> Status {
+pub fn build(topology: &Topology, health: &Health, pools: &[std::sync::Arc<Pool>]) -> Status {
     let clusters = topology
         .clusters
         .iter()
@@ -68,19 +77,13 @@ pub fn build(topology: &Topology, health: &Health, metrics: &Metrics) -> Status 
             let specs = std::iter::once(&spec.primary).chain(&spec.replicas);
             let nodes = specs
                 .enumerate()
-                .map(|(i, n)| node(n, h.and_then(|h| observed(h, i))))
+                .map(|(i, n)| node(n, h.and_then(|h| observed(h, i)), pools))
                 .collect();
             let view = h.map_or(PrimaryView::Unknown, ClusterHealth::primary_view);
             let acting_primary = match view {
                 PrimaryView::One(0) => Some(spec.primary.label().to_owned()),
                 PrimaryView::One(i) => spec.replicas.get(i - 1).map(|n| n.label().to_owned()),
                 _ => None,
-            };
-            let connections = |role: TargetRole| {
-                metrics
-                    .backend_connections
-                    .with_label_values(&[name.as_str(), role.as_str()])
-                    .get()
             };
             let status = ClusterStatus {
                 primary_view: match view {
@@ -90,10 +93,7 @@ pub fn build(topology: &Topology, health: &Health, metrics: &Metrics) -> Status 
                     PrimaryView::Unknown => "unknown",
                 },
                 acting_primary,
-                backend_connections: BackendConnections {
-                    primary: connections(TargetRole::Primary),
-                    replica: connections(TargetRole::Replica),
-                },
+                pool_mode: spec.pooling.mode.as_str(),
                 nodes,
             };
             (name.clone(), status)
@@ -114,7 +114,26 @@ fn observed(h: &ClusterHealth, i: usize) -> Option<&NodeHealth> {
     }
 }
 
-fn node(spec: &NodeSpec, health: Option<&NodeHealth>) -> NodeStatus {
+fn node(
+    spec: &std::sync::Arc<NodeSpec>,
+    health: Option<&NodeHealth>,
+    pools: &[std::sync::Arc<Pool>],
+) -> NodeStatus {
+    let mut node_pools: Vec<PoolStatus> = pools
+        .iter()
+        .filter(|p| std::sync::Arc::ptr_eq(&p.node, spec))
+        .map(|p| {
+            let s = p.stats();
+            PoolStatus {
+                user: p.user_name.clone(),
+                size: s.size,
+                open: s.open,
+                idle: s.idle,
+                waiting: s.waiting,
+            }
+        })
+        .collect();
+    node_pools.sort_by(|a, b| a.user.cmp(&b.user));
     let unknown = NodeHealth::default();
     let h = health.unwrap_or(&unknown);
     NodeStatus {
@@ -135,13 +154,14 @@ fn node(spec: &NodeSpec, health: Option<&NodeHealth>) -> NodeStatus {
         lag_seconds: h.lag.map(|l| l.as_secs_f64()),
         lag_bytes: h.lag_bytes,
         rtt_ms: h.rtt.map(|r| r.as_secs_f64() * 1000.0),
-        sessions: spec.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        leases: spec.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        pools: node_pools,
     }
 }
 
 /// The document as pretty-printed JSON.
-pub fn render(topology: &Topology, health: &Health, metrics: &Metrics) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&build(topology, health, metrics))
+pub fn render(topology: &Topology, health: &Health, pools: &[std::sync::Arc<Pool>]) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(&build(topology, health, pools))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
     out.push(b'\n');
     out
@@ -176,7 +196,7 @@ clusters:
     #[test]
     fn unprobed_nodes_are_unknown_and_down() {
         let t = topology();
-        let s = build(&t, &Health::default(), &Metrics::new());
+        let s = build(&t, &Health::default(), &[]);
         let app = &s.clusters["app"];
         assert_eq!(s.generation, 1);
         assert_eq!(s.region, "us-east");
@@ -191,7 +211,7 @@ clusters:
     }
 
     #[test]
-    fn observed_roles_lag_and_sessions() {
+    fn observed_roles_lag_leases_and_pools() {
         let t = topology();
         let up = |rec| NodeHealth {
             up: true,
@@ -215,14 +235,25 @@ clusters:
         t.clusters["app"].replicas[0]
             .sessions
             .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-        let metrics = Metrics::new();
-        let _conn = metrics.backend_connection("app", TargetRole::Primary);
+        let pools = crate::pool::Pools::new(Arc::new(crate::metrics::Metrics::new()));
+        let user = t.users["app"].clone();
+        pools.get(&t.clusters["app"].primary, &user, &Default::default());
         let json: serde_json::Value =
-            serde_json::from_slice(&render(&t, &health, &metrics)).unwrap();
+            serde_json::from_slice(&render(&t, &health, &pools.all())).unwrap();
         let app = &json["clusters"]["app"];
         assert_eq!(app["primary_view"], "ok");
         assert_eq!(app["acting_primary"], "127.0.0.1:5432");
-        assert_eq!(app["backend_connections"]["primary"], 1);
+        assert_eq!(app["pool_mode"], "transaction");
+        let pool = &app["nodes"][0]["pools"][0];
+        assert_eq!(
+            (&pool["user"], &pool["size"], &pool["open"]),
+            (
+                &serde_json::json!("app"),
+                &serde_json::json!(20),
+                &serde_json::json!(0)
+            )
+        );
+        assert_eq!(app["nodes"][1]["pools"], serde_json::json!([]));
         let eu = &app["nodes"][1];
         assert_eq!(eu["configured_role"], "replica");
         assert_eq!(eu["observed_role"], "replica");
@@ -230,7 +261,7 @@ clusters:
         assert_eq!(eu["lag_seconds"], 0.25);
         assert_eq!(eu["lag_bytes"], 4096);
         assert_eq!(eu["rtt_ms"], 1.5);
-        assert_eq!(eu["sessions"], 2);
+        assert_eq!(eu["leases"], 2);
         assert_eq!(app["nodes"][0]["observed_role"], "primary");
     }
 }

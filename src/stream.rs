@@ -12,12 +12,28 @@ use tokio_rustls::TlsStream;
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// No connection (moved out); reads see EOF and writes fail.
+    Detached,
 }
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// Registers the socket with the current thread's runtime, so its wakeups happen where the
+    /// task using it runs. A TLS stream stays where it is (it keeps working from any runtime,
+    /// with a cross-thread wakeup per event).
+    pub fn rehome(self) -> io::Result<Stream> {
+        match self {
+            Stream::Plain(tcp) => Ok(Stream::Plain(TcpStream::from_std(tcp.into_std()?)?)),
+            other => Ok(other),
+        }
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no connection")
 }
 
 impl AsyncRead for Stream {
@@ -29,6 +45,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Ok(())),
         }
     }
 }
@@ -42,6 +59,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -49,6 +67,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
         }
     }
 
@@ -56,6 +75,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
         }
     }
 
@@ -67,6 +87,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -74,6 +95,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Detached => false,
         }
     }
 }

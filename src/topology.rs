@@ -55,6 +55,8 @@ pub struct ClusterSpec {
     pub replicas: Vec<Arc<NodeSpec>>,
     /// Residency: regions reads may be served from; empty means any.
     pub allowed_regions: Vec<String>,
+    /// `clusters.NAME.pooling`, else the top-level `pooling`.
+    pub pooling: crate::config::Pooling,
 }
 
 impl ClusterSpec {
@@ -92,7 +94,7 @@ pub struct NodeSpec {
     /// Database name on the backend.
     pub database: String,
     pub tls: BackendTlsSpec,
-    /// Sessions holding a read connection to this node right now (live, not configuration:
+    /// Server connections of this node leased to sessions right now (live, not configuration:
     /// the ranking's load tie-break).
     pub sessions: Arc<AtomicUsize>,
 }
@@ -139,6 +141,12 @@ impl NodeSpec {
     /// The node's metric label: its configured `name`, else `host:port`.
     pub fn label(&self) -> &str {
         &self.name
+    }
+}
+
+impl fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeSpec({})", self.key)
     }
 }
 
@@ -274,6 +282,7 @@ impl Topology {
                 primary,
                 replicas,
                 allowed_regions: c.allowed_regions.clone(),
+                pooling: c.pooling.clone().unwrap_or_else(|| config.pooling.clone()),
             };
             clusters.insert(name.clone(), Arc::new(spec));
         }

@@ -87,12 +87,17 @@ async fn status_follows_a_replica_that_stops_and_starts() {
         r["lag_seconds"].is_f64() && r["lag_bytes"].is_u64(),
         "{s:#}"
     );
+    assert_eq!(app["pool_mode"], "transaction", "{s:#}");
+    assert_eq!(r["leases"], 0, "the read's lease ended with it: {s:#}");
+    let pool = &r["pools"][0];
+    assert_eq!(pool["user"], "app", "{s:#}");
     assert_eq!(
-        r["sessions"], 1,
-        "the reader holds a read connection: {s:#}"
+        (pool["open"].as_u64(), pool["idle"].as_u64()),
+        (Some(1), Some(1)),
+        "the read's server connection waits in the pool: {s:#}"
     );
-    assert_eq!(app["backend_connections"]["primary"], 1, "{s:#}");
-    assert_eq!(app["backend_connections"]["replica"], 1, "{s:#}");
+    // The login itself was greeted from the primary's pool (one connection, now idle).
+    assert_eq!(primary["pools"][0]["open"], 1, "{s:#}");
 
     let node = &c.replicas[0];
     // The server dies somewhere inside `pg_ctl stop`: timing from its start bounds the
@@ -221,12 +226,21 @@ async fn metrics_after_traffic_pass_promtool() {
         "pgmeridian_pinned_sessions{cluster=\"app\",kind=\"sticky_feature\"}",
         &|v| v == 1.0,
     );
+    let primary = format!("127.0.0.1:{}", cluster().primary.port);
+    let replica = format!("127.0.0.1:{}", cluster().replicas[0].port);
+    let pool = |node: &str, state: &str| {
+        format!("pgmeridian_pool_server_connections{{cluster=\"app\",node=\"{node}\",state=\"{state}\"}}")
+    };
+    // The sticky session keeps its primary connection for life; the others went back.
+    expect(&pool(&primary, "pinned"), &|v| v == 1.0);
+    expect(&pool(&primary, "active"), &|v| v == 0.0);
+    expect(&pool(&replica, "idle"), &|v| v == 1.0);
     expect(
-        "pgmeridian_backend_connections{cluster=\"app\",role=\"primary\"}",
-        &|v| v == 2.0,
+        &format!("pgmeridian_backend_logins_total{{cluster=\"app\",node=\"{replica}\"}}"),
+        &|v| v == 1.0,
     );
     expect(
-        "pgmeridian_backend_connections{cluster=\"app\",role=\"replica\"}",
+        &format!("pgmeridian_pool_leases_total{{cluster=\"app\",node=\"{replica}\"}}"),
         &|v| v == 1.0,
     );
     expect("pgmeridian_errors_total{kind=\"auth_failed\"}", &|v| {

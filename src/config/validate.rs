@@ -9,6 +9,35 @@ use super::{BackendTls, Config, Node, Problem};
 /// More session threads than this is a typo, not a plan.
 const MAX_WORKERS: usize = 1024;
 
+/// Pool sizes must leave room for at least one connection and not ask for more idle ones than
+/// the pool may hold; a client must be able to wait at all.
+fn check_pooling(pooling: &super::Pooling, path: &str, p: &mut Vec<Problem>) {
+    if pooling.size == 0 {
+        p.push(Problem::new(format!("{path}.size"), "must be at least 1"));
+    }
+    if pooling.min_idle > pooling.size {
+        p.push(Problem::new(
+            format!("{path}.min_idle"),
+            format!(
+                "{} is more than {path}.size ({})",
+                pooling.min_idle, pooling.size
+            ),
+        ));
+    }
+    if pooling.wait_timeout.is_zero() {
+        p.push(Problem::new(
+            format!("{path}.wait_timeout"),
+            "must be greater than 0s",
+        ));
+    }
+    if pooling.max_prepared_statements == 0 {
+        p.push(Problem::new(
+            format!("{path}.max_prepared_statements"),
+            "must be at least 1",
+        ));
+    }
+}
+
 /// Every problem found, in file order; empty means valid.
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -153,6 +182,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 format!("limits.{field}"),
                 "must be greater than 0s",
             ));
+        }
+    }
+    check_pooling(&config.pooling, "pooling", &mut p);
+    for (name, c) in &config.clusters {
+        if let Some(pooling) = &c.pooling {
+            check_pooling(pooling, &format!("clusters.{name}.pooling"), &mut p);
         }
     }
     let r = &config.routing;

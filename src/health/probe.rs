@@ -165,7 +165,7 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
                 &mut folded.replicas[i - 1]
             };
             // Sessions that failed to connect since the last round count as failed probes.
-            for _ in 0..shared.take_connect_failures(node).min(fall) {
+            for _ in 0..shared.connect_failures.take(node).min(fall) {
                 if let Some(state) = st.tracker.observe(false) {
                     tracing::info!(node = %node, ?state, "node state changed (session connect failures)");
                 }

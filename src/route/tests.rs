@@ -38,6 +38,7 @@ fn cluster() -> ClusterSpec {
             node(ConfiguredRole::Replica(1), EU),
         ],
         allowed_regions: Vec::new(),
+        pooling: Default::default(),
     }
 }
 

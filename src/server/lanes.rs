@@ -11,6 +11,15 @@ use tokio::sync::mpsc;
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+thread_local! {
+    static LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The session thread this code runs on (`None` off the session threads).
+pub fn current_lane() -> Option<usize> {
+    LANE.with(|l| l.get())
+}
+
 struct Lane {
     jobs: mpsc::UnboundedSender<Job>,
     /// Sessions on this lane now.
@@ -34,6 +43,7 @@ impl Lanes {
             std::thread::Builder::new()
                 .name(format!("pgmeridian-lane-{i}"))
                 .spawn(move || {
+                    LANE.with(|l| l.set(Some(i)));
                     runtime.block_on(async move {
                         let running = tokio_util::task::TaskTracker::new();
                         while let Some(job) = rx.recv().await {

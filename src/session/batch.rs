@@ -1,10 +1,11 @@
-//! Pure bookkeeping of a session's client messages: groups them into batches, remembers the
-//! client's prepared statements (name → SQL, class, original Parse bytes) and works out what
-//! a batch executes, needs on its backend, and changes. No I/O.
+//! Pure bookkeeping of a session's client messages: groups them into batches, keeps the
+//! client's prepared statements (name → definition) and records per message what it means for
+//! a server connection (which statement a Bind uses, what a Parse defines). No I/O.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
@@ -12,46 +13,130 @@ use crate::classify::{classify, Class, Hint, Setting, WriteFunctions};
 use crate::protocol::frame::{self, read_cstr};
 use crate::protocol::tag;
 
-/// A statement the client prepared with Parse.
+pub use super::learned::LearnedWrites;
+pub use super::settings::Settings;
+
+/// A statement's definition: its SQL and parameter types. Identical definitions share one
+/// proxy-wide name on server connections, whichever session prepared them.
 #[derive(Debug)]
-pub struct Statement {
+pub struct StatementDef {
+    /// Identity across the proxy: a 128-bit keyed hash of the Parse body after the name.
+    pub key: u128,
+    /// The Parse body after the statement name: SQL text, NUL, parameter types.
+    pub body: Bytes,
     pub class: Class,
     pub hint: Option<Hint>,
-    /// Hash of the Parse message body (name, SQL, parameter types): identity on a backend.
-    pub hash: u64,
-    /// Hash of the SQL text alone.
+    /// Hash of the SQL text alone (learned writes).
     pub shape: u64,
-    /// The client's original Parse message, replayed on backends that lack the statement.
-    pub parse: Bytes,
-    pub sql: Arc<str>,
 }
 
-/// The client's prepared statements; `""` is the unnamed one.
+impl StatementDef {
+    /// The name the statement has on server connections.
+    pub fn server_name(&self) -> String {
+        server_name(self.key)
+    }
+}
+
+pub fn server_name(key: u128) -> String {
+    format!("pgm_{key:032x}")
+}
+
+/// Two process-wide random hash keys: collisions can be neither predicted nor met by chance.
+fn key_of(body: &[u8]) -> u128 {
+    static STATES: OnceLock<[std::hash::RandomState; 2]> = OnceLock::new();
+    let states =
+        STATES.get_or_init(|| [std::hash::RandomState::new(), std::hash::RandomState::new()]);
+    let half = |s: &std::hash::RandomState| s.hash_one(body);
+    (u128::from(half(&states[0])) << 64) | u128::from(half(&states[1]))
+}
+
+/// The client's prepared statements by name (`""` is the unnamed one). A Parse defines its
+/// name at once (later messages of a pipeline use it); if the server refuses the Parse, the
+/// definition is withdrawn again (`undefine`).
 #[derive(Debug, Default)]
 pub struct Statements {
-    map: HashMap<String, Arc<Statement>>,
+    map: HashMap<String, (Arc<StatementDef>, u64)>,
+    next_seq: u64,
 }
 
 impl Statements {
-    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
-        self.map.get(name)
+    pub fn get(&self, name: &str) -> Option<&Arc<StatementDef>> {
+        self.map.get(name).map(|(d, _)| d)
     }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn define(&mut self, name: &str, def: Arc<StatementDef>) -> u64 {
+        self.next_seq += 1;
+        self.map.insert(name.to_owned(), (def, self.next_seq));
+        self.next_seq
+    }
+
+    /// Withdraws `name` if it still holds the definition numbered `seq`.
+    pub fn undefine(&mut self, name: &str, seq: u64) {
+        if self.map.get(name).is_some_and(|(_, s)| *s == seq) {
+            self.map.remove(name);
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.map.remove(name).is_some()
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL: every named statement goes (the unnamed one stays).
+    pub fn clear_named(&mut self) {
+        self.map.retain(|name, _| name.is_empty());
+    }
+}
+
+/// Which prepared statement a Bind or a statement Describe uses, as known when it arrived.
+#[derive(Debug, Clone)]
+pub enum Use {
+    Unnamed(Option<Arc<StatementDef>>),
+    Named {
+        name: String,
+        def: Option<Arc<StatementDef>>,
+    },
+}
+
+/// One client message of a batch, with what it means for the server connection.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    /// Forwarded unchanged: Execute, Sync, Flush, Query, FunctionCall, portal Describe/Close.
+    Raw(Bytes),
+    /// Parse of the unnamed statement (forwarded unchanged).
+    ParseUnnamed { raw: Bytes, def: Arc<StatementDef> },
+    /// Parse of a named statement: sent under the proxy-wide name unless the server has it.
+    Parse {
+        name: String,
+        def: Arc<StatementDef>,
+        seq: u64,
+    },
+    /// Parse of a name the session already defined: PostgreSQL refuses it (42P05).
+    ParseDuplicate { name: String },
+    /// Bind or Describe of a statement; `at` is the statement name's byte range in `raw`.
+    Uses {
+        raw: Bytes,
+        at: Range<usize>,
+        stmt: Use,
+    },
+    /// Close of a statement: answered by the proxy (server statements are shared).
+    CloseStatement,
 }
 
 /// Client messages up to a Sync, Query, FunctionCall or Flush, and what they amount to.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub bytes: BytesMut,
+    pub msgs: Vec<Msg>,
+    /// Bytes of client messages in the batch.
+    pub len: usize,
     /// Combined class of everything the batch executes (Empty if it only prepares/describes).
     pub class: Option<Class>,
     pub hint: Option<Hint>,
     /// Ends with a message answered by ReadyForQuery.
     pub completes: bool,
-    /// Statements the batch uses that it does not Parse itself: the backend must have them.
-    pub uses: Vec<String>,
-    /// Statements (re)defined by the batch, with their Parse hash.
-    pub parses: Vec<(String, u64)>,
-    pub closes: Vec<String>,
     /// Contains a simple Query (which drops the backend's unnamed statement).
     pub simple_query: bool,
     /// A session setting the batch executes, and the SQL to replay it elsewhere.
@@ -61,55 +146,30 @@ pub struct Batch {
     /// Combined class of the statements the batch Parses: decides where a batch that goes out
     /// before its Sync (after Flush) must run, since its Bind/Execute follow it there.
     pub parse_class: Option<Class>,
-    /// Statement definitions and removals in message order: (name, Some(hash)) for Parse,
-    /// (name, None) for Close.
-    pub statement_ops: Vec<(String, Option<u64>)>,
     /// `DEALLOCATE` run by a simple query: `Some(None)` for ALL, `Some(Some(name))` for one.
     pub deallocate: Option<Option<String>>,
-    /// Not an extended-protocol batch (a simple Query): its answer ends at ReadyForQuery
-    /// even around COPY.
+    /// An extended-protocol batch (its Sync is ignored if it starts a COPY FROM).
     pub extended: bool,
-}
-
-/// SQL texts a replica refused as writes although they classified as reads (a user function
-/// that writes, say): later runs of the same text go to the primary. Shared by all sessions.
-#[derive(Debug, Default)]
-pub struct LearnedWrites {
-    set: std::sync::RwLock<std::collections::HashSet<u64>>,
-    /// Lock-free fast path: nothing learned yet.
-    any: std::sync::atomic::AtomicBool,
-}
-
-/// Bound on remembered shapes; past it nothing more is learned (the safety net still works).
-const LEARNED_MAX: usize = 10_000;
-
-impl LearnedWrites {
-    pub fn contains(&self, shape: u64) -> bool {
-        self.any.load(std::sync::atomic::Ordering::Relaxed)
-            && self
-                .set
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&shape)
-    }
-
-    pub fn learn(&self, shape: u64) {
-        let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
-        if set.len() < LEARNED_MAX {
-            set.insert(shape);
-            self.any.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
+    /// Only Sync/Flush/Close-statement messages: nothing that runs or prepares anything.
+    pub inert: bool,
 }
 
 /// Classifies `sql`, overriding a read with Write when replicas have refused this text before.
+/// Text that is not UTF-8 cannot be read, so it is a write (fail closed).
 fn classify_learned(
-    sql: &str,
+    sql: &[u8],
     writes: &WriteFunctions,
     learned: &LearnedWrites,
 ) -> (crate::classify::Classified, u64) {
-    let mut c = classify(sql, writes);
-    let shape = hash_of(sql.as_bytes());
+    let shape = hash_of(sql);
+    let Ok(text) = std::str::from_utf8(sql) else {
+        let c = crate::classify::Classified {
+            class: Class::Write,
+            hint: None,
+        };
+        return (c, shape);
+    };
+    let mut c = classify(text, writes);
     if matches!(c.class, Class::Read | Class::Empty | Class::Begin { .. })
         && learned.contains(shape)
     {
@@ -120,7 +180,7 @@ fn classify_learned(
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.msgs.is_empty()
     }
 
     fn add_class(&mut self, class: &Class, hint: Option<Hint>) {
@@ -144,8 +204,8 @@ pub fn combine(a: Class, b: &Class) -> Class {
     }
 }
 
-fn hash_of(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
+pub fn hash_of(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
 }
@@ -159,113 +219,180 @@ pub enum Step {
     Send,
 }
 
+/// The session's context for reading client messages.
+pub struct Ctx<'a> {
+    pub writes: &'a WriteFunctions,
+    pub learned: &'a LearnedWrites,
+    /// Most named statements a session may keep.
+    pub max_statements: usize,
+}
+
 /// Adds one extended-protocol or Query/FunctionCall message to `batch`, updating `statements`.
 /// Returns an error text for malformed messages (the caller ends the session with 08P01).
 pub fn add(
     batch: &mut Batch,
     statements: &mut Statements,
     msg: BytesMut,
-    writes: &WriteFunctions,
-    learned: &LearnedWrites,
+    ctx: &Ctx,
 ) -> Result<Step, String> {
+    let msg = msg.freeze();
     let body = frame::body(&msg);
-    let step = match msg[0] {
+    let starts_empty = batch.msgs.is_empty();
+    let mut inert = false;
+    let (step, m) = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
-            let sql = std::str::from_utf8(sql).unwrap_or("");
-            let (c, shape) = classify_learned(sql, writes, learned);
+            let (c, shape) = classify_learned(sql, ctx.writes, ctx.learned);
             batch.shapes.push(shape);
-            batch.deallocate = deallocation(sql);
-            if let Class::Session(s) = &c.class {
-                batch.setting = Some((s.clone(), Arc::from(sql)));
+            batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
+            if let (Class::Session(s), Ok(text)) = (&c.class, std::str::from_utf8(sql)) {
+                batch.setting = Some((s.clone(), Arc::from(text)));
             }
             batch.add_class(&c.class, c.hint);
             batch.simple_query = true;
             batch.completes = true;
-            Step::Send
+            (Step::Send, Msg::Raw(msg.clone()))
         }
         tag::FUNCTION_CALL => {
             batch.add_class(&Class::Write, None);
             batch.completes = true;
-            Step::Send
+            (Step::Send, Msg::Raw(msg.clone()))
         }
         tag::PARSE => {
             let (name, rest) = read_cstr(body).ok_or("malformed Parse message")?;
             let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
             let name = String::from_utf8_lossy(name).into_owned();
-            let sql: Arc<str> = Arc::from(std::str::from_utf8(sql).unwrap_or(""));
-            let (c, shape) = classify_learned(&sql, writes, learned);
-            let hash = hash_of(body);
-            let stmt = Statement {
+            let (c, shape) = classify_learned(sql, ctx.writes, ctx.learned);
+            let def = Arc::new(StatementDef {
+                key: key_of(rest),
+                body: msg.slice_ref(rest),
                 class: c.class,
                 hint: c.hint,
-                hash,
                 shape,
-                parse: Bytes::copy_from_slice(&msg),
-                sql,
-            };
-            batch.parses.retain(|(n, _)| *n != name);
-            batch.parses.push((name.clone(), hash));
-            batch.statement_ops.push((name.clone(), Some(hash)));
+            });
             batch.extended = true;
             batch.parse_class = Some(match batch.parse_class.take() {
-                None => stmt.class.clone(),
-                Some(prev) => combine(prev, &stmt.class),
+                None => def.class.clone(),
+                Some(prev) => combine(prev, &def.class),
             });
-            statements.map.insert(name, Arc::new(stmt));
             batch.add_class(&Class::Empty, None);
-            Step::Continue
+            let m = if name.is_empty() {
+                statements.define("", def.clone());
+                Msg::ParseUnnamed {
+                    raw: msg.clone(),
+                    def,
+                }
+            } else if statements.get(&name).is_some() {
+                Msg::ParseDuplicate { name }
+            } else if statements.len() >= ctx.max_statements {
+                return Err(format!(
+                    "too many prepared statements in one session (limit {})",
+                    ctx.max_statements
+                ));
+            } else {
+                let seq = statements.define(&name, def.clone());
+                Msg::Parse { name, def, seq }
+            };
+            (Step::Continue, m)
         }
         tag::BIND => {
             batch.extended = true;
             let (_portal, rest) = read_cstr(body).ok_or("malformed Bind message")?;
             let (stmt, _) = read_cstr(rest).ok_or("malformed Bind message")?;
-            let stmt = String::from_utf8_lossy(stmt).into_owned();
-            match statements.map.get(&stmt) {
-                Some(s) => {
-                    if let Class::Session(setting) = &s.class {
-                        batch.setting = Some((setting.clone(), s.sql.clone()));
+            let stmt_use = use_of(statements, stmt);
+            match &stmt_use {
+                Use::Unnamed(Some(d)) | Use::Named { def: Some(d), .. } => {
+                    if let Class::Session(setting) = &d.class {
+                        if let Ok(text) = std::str::from_utf8(sql_of(&d.body)) {
+                            batch.setting = Some((setting.clone(), Arc::from(text)));
+                        }
                     }
-                    let (class, hint) = (s.class.clone(), s.hint);
-                    batch.shapes.push(s.shape);
-                    batch.add_class(&class, hint);
+                    batch.shapes.push(d.shape);
+                    batch.add_class(&d.class.clone(), d.hint);
                 }
-                // Unknown to us: let the primary answer (it will report the error).
-                None => batch.add_class(&Class::Unknown, None),
+                // Unknown to us: the server (or the proxy) answers with the error.
+                _ => batch.add_class(&Class::Unknown, None),
             }
-            note_use(batch, stmt);
-            Step::Continue
+            let at = range_in(&msg, stmt);
+            (
+                Step::Continue,
+                Msg::Uses {
+                    raw: msg.clone(),
+                    at,
+                    stmt: stmt_use,
+                },
+            )
         }
         tag::DESCRIBE => {
-            if let Some((&b'S', rest)) = body.split_first() {
-                let (name, _) = read_cstr(rest).ok_or("malformed Describe message")?;
-                note_use(batch, String::from_utf8_lossy(name).into_owned());
-            }
             batch.add_class(&Class::Empty, None);
-            Step::Continue
+            match body.split_first() {
+                Some((&b'S', rest)) => {
+                    let (name, _) = read_cstr(rest).ok_or("malformed Describe message")?;
+                    let at = range_in(&msg, name);
+                    let stmt = use_of(statements, name);
+                    (
+                        Step::Continue,
+                        Msg::Uses {
+                            raw: msg.clone(),
+                            at,
+                            stmt,
+                        },
+                    )
+                }
+                Some((&b'P', _)) => (Step::Continue, Msg::Raw(msg.clone())),
+                _ => return Err("malformed Describe message".into()),
+            }
         }
         tag::CLOSE => {
-            if let Some((&b'S', rest)) = body.split_first() {
-                let (name, _) = read_cstr(rest).ok_or("malformed Close message")?;
-                let name = String::from_utf8_lossy(name).into_owned();
-                statements.map.remove(&name);
-                batch.statement_ops.push((name.clone(), None));
-                batch.closes.push(name);
-            }
             batch.add_class(&Class::Empty, None);
-            Step::Continue
+            match body.split_first() {
+                Some((&b'S', rest)) => {
+                    let (name, _) = read_cstr(rest).ok_or("malformed Close message")?;
+                    statements.remove(&String::from_utf8_lossy(name));
+                    inert = true;
+                    (Step::Continue, Msg::CloseStatement)
+                }
+                Some((&b'P', _)) => (Step::Continue, Msg::Raw(msg.clone())),
+                _ => return Err("malformed Close message".into()),
+            }
         }
-        tag::EXECUTE => Step::Continue,
-        tag::FLUSH => Step::Send,
+        tag::EXECUTE => (Step::Continue, Msg::Raw(msg.clone())),
+        tag::FLUSH => {
+            inert = true;
+            (Step::Send, Msg::Raw(msg.clone()))
+        }
         tag::SYNC => {
+            inert = true;
             batch.completes = true;
             batch.extended = true;
-            Step::Send
+            (Step::Send, Msg::Raw(msg.clone()))
         }
         other => return Err(format!("invalid frontend message type {other}")),
     };
-    batch.bytes.unsplit(msg);
+    batch.inert = inert && (starts_empty || batch.inert);
+    batch.len += msg.len();
+    batch.msgs.push(m);
     Ok(step)
+}
+
+fn use_of(statements: &Statements, name: &[u8]) -> Use {
+    if name.is_empty() {
+        return Use::Unnamed(statements.get("").cloned());
+    }
+    let name = String::from_utf8_lossy(name).into_owned();
+    let def = statements.get(&name).cloned();
+    Use::Named { name, def }
+}
+
+/// The byte range of `part` (a subslice of `whole`) within `whole`.
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// The SQL text of a Parse body after the name.
+pub fn sql_of(body: &[u8]) -> &[u8] {
+    read_cstr(body).map_or(body, |(sql, _)| sql)
 }
 
 /// `DEALLOCATE [PREPARE] {name | ALL}`: which client statement(s) it drops.
@@ -278,6 +405,9 @@ fn deallocation(sql: &str) -> Option<Option<String>> {
     if next.eq_ignore_ascii_case("prepare") {
         next = words.next()?;
     }
+    if words.next().is_some_and(|w| w != ";") {
+        return None;
+    }
     let name = next.trim_end_matches(';');
     if name.eq_ignore_ascii_case("all") {
         Some(None)
@@ -288,256 +418,5 @@ fn deallocation(sql: &str) -> Option<Option<String>> {
     }
 }
 
-impl Statements {
-    /// The client dropped statements (DEALLOCATE, DISCARD ALL).
-    pub fn drop_named(&mut self, which: &Option<String>) {
-        match which {
-            None => self.map.clear(),
-            Some(name) => {
-                self.map.remove(name);
-            }
-        }
-    }
-}
-
-fn note_use(batch: &mut Batch, name: String) {
-    if !batch.parses.iter().any(|(n, _)| *n == name) && !batch.uses.contains(&name) {
-        batch.uses.push(name);
-    }
-}
-
-/// Session parameters set by the client, replayed (after RESET ALL) on a backend that has not
-/// seen them. Later settings of the same name replace earlier ones.
-#[derive(Debug, Default)]
-pub struct Settings {
-    list: Vec<(String, Arc<str>)>,
-    /// Bumped on every change; each backend remembers the version it has applied.
-    pub version: u64,
-}
-
-impl Settings {
-    pub fn apply(&mut self, setting: &Setting, sql: &Arc<str>) {
-        match setting {
-            Setting::Set { name, .. } => {
-                self.list.retain(|(n, _)| n != name);
-                self.list.push((name.clone(), sql.clone()));
-            }
-            Setting::Reset { name } => self.list.retain(|(n, _)| n != name),
-            Setting::ResetAll | Setting::DiscardAll => self.list.clear(),
-        }
-        self.version += 1;
-    }
-
-    /// One simple-query string that brings a backend to this state.
-    pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL");
-        for (_, s) in &self.list {
-            // A newline first: a recorded statement may end in a `--` comment.
-            sql.push_str("\n;\n");
-            sql.push_str(s.trim().trim_end_matches(';'));
-        }
-        sql
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::BufMut;
-
-    fn msg(tag: u8, parts: &[&[u8]]) -> BytesMut {
-        let body: Vec<u8> = parts.concat();
-        let mut m = BytesMut::new();
-        m.put_u8(tag);
-        m.put_u32((body.len() + 4) as u32);
-        m.put_slice(&body);
-        m
-    }
-
-    fn add_(
-        b: &mut Batch,
-        st: &mut Statements,
-        m: BytesMut,
-        w: &WriteFunctions,
-    ) -> Result<Step, String> {
-        add(b, st, m, w, &LearnedWrites::default())
-    }
-
-    #[test]
-    fn learned_shapes_turn_reads_into_writes() {
-        let w = WriteFunctions::default();
-        let learned = LearnedWrites::default();
-        let q = msg(b'Q', &[b"select my_writer()\0"]);
-        let mut b = Batch::default();
-        add(&mut b, &mut Statements::default(), q.clone(), &w, &learned).unwrap();
-        assert_eq!(b.class, Some(Class::Read));
-        learned.learn(b.shapes[0]);
-        let mut b = Batch::default();
-        add(&mut b, &mut Statements::default(), q, &w, &learned).unwrap();
-        assert_eq!(b.class, Some(Class::Write));
-        // Extended protocol: the same text prepared is a write too.
-        let mut b = Batch::default();
-        let mut st = Statements::default();
-        add(
-            &mut b,
-            &mut st,
-            parse("", "select my_writer()"),
-            &w,
-            &learned,
-        )
-        .unwrap();
-        add(&mut b, &mut st, bind(""), &w, &learned).unwrap();
-        assert_eq!(b.class, Some(Class::Write));
-    }
-
-    fn parse(name: &str, sql: &str) -> BytesMut {
-        msg(
-            b'P',
-            &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0", &[0, 0]],
-        )
-    }
-
-    fn bind(stmt: &str) -> BytesMut {
-        msg(b'B', &[b"\0", stmt.as_bytes(), b"\0", &[0, 0, 0, 0, 0, 0]])
-    }
-
-    #[test]
-    fn extended_batch_takes_the_class_of_what_it_executes() {
-        let w = WriteFunctions::default();
-        let mut st = Statements::default();
-        let mut b = Batch::default();
-        assert_eq!(
-            add_(&mut b, &mut st, parse("s1", "select 1"), &w),
-            Ok(Step::Continue)
-        );
-        assert_eq!(add_(&mut b, &mut st, bind("s1"), &w), Ok(Step::Continue));
-        assert_eq!(
-            add_(&mut b, &mut st, msg(b'E', &[b"\0", &[0, 0, 0, 0]]), &w),
-            Ok(Step::Continue)
-        );
-        assert_eq!(add_(&mut b, &mut st, msg(b'S', &[]), &w), Ok(Step::Send));
-        assert_eq!(b.class, Some(Class::Read));
-        assert!(b.completes && b.uses.is_empty());
-        assert_eq!(b.parses.len(), 1);
-
-        // A later batch that only binds s1 needs it on its backend.
-        let mut b2 = Batch::default();
-        add_(&mut b2, &mut st, bind("s1"), &w).unwrap();
-        add_(&mut b2, &mut st, msg(b'S', &[]), &w).unwrap();
-        assert_eq!(b2.uses, vec!["s1".to_owned()]);
-        assert_eq!(b2.class, Some(Class::Read));
-    }
-
-    #[test]
-    fn prepare_only_batches_with_flush_are_neutral() {
-        let w = WriteFunctions::default();
-        let mut st = Statements::default();
-        let mut b = Batch::default();
-        add_(&mut b, &mut st, parse("s", "insert into t values (1)"), &w).unwrap();
-        add_(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
-        assert_eq!(add_(&mut b, &mut st, msg(b'H', &[]), &w), Ok(Step::Send));
-        assert_eq!(b.class, Some(Class::Empty));
-        assert!(!b.completes);
-        assert!(
-            b.uses.is_empty(),
-            "described statement was parsed in the same batch"
-        );
-    }
-
-    #[test]
-    fn classes_combine_to_the_strongest() {
-        use crate::classify::PinReason;
-        let cases = [
-            (Class::Read, Class::Read, Class::Read),
-            (Class::Empty, Class::Write, Class::Write),
-            (Class::Write, Class::Read, Class::Write),
-            (Class::Write, Class::Unknown, Class::Write),
-            (
-                Class::Read,
-                Class::Pin(PinReason::Listen),
-                Class::Pin(PinReason::Listen),
-            ),
-            (Class::Begin { read_only: None }, Class::Write, Class::Write),
-        ];
-        for (a, b, want) in cases {
-            assert_eq!(combine(a.clone(), &b), want, "{a:?} + {b:?}");
-        }
-    }
-
-    #[test]
-    fn bind_of_an_unknown_statement_is_routed_as_unknown() {
-        let w = WriteFunctions::default();
-        let mut st = Statements::default();
-        let mut b = Batch::default();
-        add_(&mut b, &mut st, bind("nope"), &w).unwrap();
-        assert_eq!(b.class, Some(Class::Unknown));
-    }
-
-    #[test]
-    fn deallocate_statements() {
-        let cases = [
-            ("DEALLOCATE ALL", Some(None)),
-            ("deallocate prepare all;", Some(None)),
-            ("DEALLOCATE S1", Some(Some("s1".to_owned()))),
-            ("DEALLOCATE \"S1\"", Some(Some("S1".to_owned()))),
-            ("select 1", None),
-            ("DEALLOCATE", None),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(deallocation(sql), want, "{sql}");
-        }
-    }
-
-    #[test]
-    fn a_flushed_prepare_is_routed_by_what_it_parses() {
-        let w = WriteFunctions::default();
-        let mut st = Statements::default();
-        let mut b = Batch::default();
-        add_(&mut b, &mut st, parse("s", "insert into t values ($1)"), &w).unwrap();
-        add_(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"]), &w).unwrap();
-        add_(&mut b, &mut st, msg(b'H', &[]), &w).unwrap();
-        assert_eq!(b.class, Some(Class::Empty));
-        assert_eq!(b.parse_class, Some(Class::Write));
-        assert_eq!(b.statement_ops, vec![("s".to_owned(), Some(b.parses[0].1))]);
-    }
-
-    #[test]
-    fn malformed_messages_are_errors_not_panics() {
-        let w = WriteFunctions::default();
-        let mut st = Statements::default();
-        for m in [
-            msg(b'P', &[b"noterm"]),
-            msg(b'B', &[b"\0"]),
-            msg(b'Q', &[b"x"]),
-            msg(b'Z', &[]),
-        ] {
-            assert!(add_(&mut Batch::default(), &mut st, m, &w).is_err());
-        }
-    }
-
-    #[test]
-    fn settings_replay_in_order_with_replacement() {
-        let mut s = Settings::default();
-        let set = |n: &str| Setting::Set {
-            name: n.into(),
-            value: "x".into(),
-        };
-        s.apply(&set("search_path"), &Arc::from("SET search_path = a"));
-        s.apply(&set("timezone"), &Arc::from("SET TIME ZONE 'UTC';"));
-        s.apply(&set("search_path"), &Arc::from("SET search_path = b"));
-        assert_eq!(
-            s.replay_sql(),
-            "RESET ALL\n;\nSET TIME ZONE 'UTC'\n;\nSET search_path = b"
-        );
-        s.apply(
-            &Setting::Reset {
-                name: "timezone".into(),
-            },
-            &Arc::from("RESET timezone"),
-        );
-        assert_eq!(s.replay_sql(), "RESET ALL\n;\nSET search_path = b");
-        s.apply(&Setting::DiscardAll, &Arc::from("DISCARD ALL"));
-        assert_eq!(s.replay_sql(), "RESET ALL");
-        assert_eq!(s.version, 5);
-    }
-}
+mod tests;

@@ -3,7 +3,6 @@
 //! client holding AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -13,63 +12,22 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::Shared;
 use crate::auth::{self, AuthError};
-use crate::backend::{self, BackendConn};
-use crate::cancel::{CancelHandle, CancelTarget};
+use crate::backend;
 use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::geo::geoip::Lookup;
 use crate::geo::{self, ClientLocation};
-use crate::health::PrimaryView;
 use crate::protocol::backend::TxnStatus;
 use crate::protocol::encode;
 use crate::protocol::startup::StartupPacket;
 use crate::proxy_protocol;
 use crate::stream::Stream;
-use crate::topology::{ClusterSpec, Topology, UserSpec};
+use crate::topology::Topology;
 use crate::wire::{MessageIo, WireError};
 
-/// A session past its startup phase, ready to relay.
+/// A session past its startup phase, ready for its engine.
 pub struct Established {
     pub client: MessageIo<Stream>,
-    pub user: Arc<UserSpec>,
-    pub cluster: Arc<ClusterSpec>,
-    pub params: Vec<(String, String)>,
-    pub backend: BackendConn,
-    /// `Some(i)`: the login connection is to `replicas[i]` as a replica (no primary was up).
-    pub login_replica: Option<usize>,
-    pub cancel: CancelHandle,
-    /// Where reads are ranked from.
-    pub location: ClientLocation,
-    /// The topology the session was admitted with (a reload after this is followed later).
-    pub topology: Arc<Topology>,
-}
-
-/// The node to log in to: the observed primary, else the first replica the probes see up.
-fn login_node(
-    shared: &Shared,
-    cluster: &ClusterSpec,
-) -> (std::sync::Arc<crate::topology::NodeSpec>, Option<usize>) {
-    let health = shared.health.load();
-    let Some(h) = health.clusters.get(&cluster.name) else {
-        return (cluster.primary.clone(), None);
-    };
-    let h = h.aligned_to(cluster);
-    match h.primary_view() {
-        PrimaryView::One(i) if i > 0 => match cluster.replicas.get(i - 1) {
-            Some(n) => (n.clone(), None),
-            None => (cluster.primary.clone(), None),
-        },
-        PrimaryView::None | PrimaryView::Conflict => {
-            let standby = h
-                .replicas
-                .iter()
-                .position(|r| r.up && r.in_recovery == Some(true));
-            match standby.and_then(|i| cluster.replicas.get(i).map(|n| (n.clone(), Some(i)))) {
-                Some(pair) => pair,
-                None => (cluster.primary.clone(), None),
-            }
-        }
-        _ => (cluster.primary.clone(), None),
-    }
+    pub start: super::engine::Start,
 }
 
 pub enum Outcome {
@@ -242,28 +200,32 @@ pub async fn handshake(
         Err(e) => return Outcome::Refused(io, e),
     };
 
-    // One backend answers the login: its ParameterStatus values describe the session, and it
-    // proves the credentials work before the client is told so. That is the primary (the
-    // observed one, after a failover), or a replica while no primary is reachable.
-    let (node, login_replica) = login_node(shared, &cluster);
-    let backend =
-        match backend::connect(&node, &user, &params, topology.limits.connect_timeout).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "backend login failed");
-                if !matches!(e, backend::ConnectError::Rejected { .. }) {
-                    shared.report_connect_failure(&node);
-                }
-                return Outcome::Refused(io, e.to_client());
-            }
-        };
+    let mut settings = match super::login::startup_settings(&params) {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Refused(
+                io,
+                ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, e)
+                    .with_kind(ErrorKind::Unsupported),
+            )
+        }
+    };
+    // No backend login for the client: the greeting comes from the pool's cache.
+    let handles = shared.session_handles();
+    let greeting = super::login::greeting(
+        &handles,
+        &cluster,
+        &user,
+        &mut settings,
+        topology.limits.connect_timeout,
+    )
+    .await;
+    let reported = match greeting {
+        Ok(r) => r,
+        Err(e) => return Outcome::Refused(io, e),
+    };
     let cancel = shared.cancels.register();
-    cancel.set_target(CancelTarget {
-        node: backend.node.clone(),
-        pid: backend.pid,
-        key: backend.key,
-    });
-    for (k, v) in &backend.params {
+    for (k, v) in &reported {
         encode::parameter_status(&mut io.wbuf, k, v);
     }
     encode::backend_key_data(&mut io.wbuf, cancel.pid, cancel.key);
@@ -272,15 +234,15 @@ pub async fn handshake(
         return Outcome::Closed;
     }
     Outcome::Session(Box::new(Established {
-        topology,
-        location,
-        login_replica,
         client: io,
-        user,
-        cluster,
-        params,
-        backend,
-        cancel,
+        start: super::engine::Start {
+            cluster,
+            topology,
+            user,
+            location,
+            cancel,
+            settings,
+        },
     }))
 }
 

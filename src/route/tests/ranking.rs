@@ -249,6 +249,7 @@ fn ranking_table() {
             primary: node(ConfiguredRole::Primary, US),
             replicas: nodes,
             allowed_regions: case.allowed.iter().map(|s| s.to_string()).collect(),
+            pooling: Default::default(),
         };
         let h = health(case.replicas.into_iter().map(|x| x.health).collect());
         let policy = Routing::default();

@@ -1,0 +1,319 @@
+//! The I/O loop of one session: moves bytes between the client socket, the leased server
+//! sockets and the engine's buffers, performs the engine's actions (lease a connection from
+//! its pool, give it back), and runs the idle timer and shutdown. The only place a session
+//! awaits; it makes no routing or protocol decision.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::engine::{Action, Buffers, End, Engine, Env, Slot};
+use super::Handles;
+use crate::error::{sqlstate, ClientError};
+use crate::pool::{AcquireError, Lease};
+use crate::stream::Stream;
+
+/// Stop reading a side while this much is queued for the other (backpressure).
+const HIGH_WATER: usize = 256 * 1024;
+/// Bytes reserved before each socket read.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a closing session may spend flushing its last bytes.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Acquiring = (
+    Slot,
+    Arc<crate::topology::NodeSpec>,
+    Pin<Box<dyn Future<Output = Result<Lease, AcquireError>> + Send>>,
+);
+
+/// What one turn of a socket produced.
+enum IoEvent {
+    Read,
+    Wrote,
+    Closed(String),
+}
+
+/// A socket with its write-side flush state.
+struct Sock {
+    stream: Stream,
+    flush: bool,
+}
+
+/// One poll of a socket: write what is queued, then read if allowed.
+fn poll_sock(
+    sock: &mut Sock,
+    inbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    can_read: bool,
+    cx: &mut Context<'_>,
+) -> Poll<IoEvent> {
+    if !out.is_empty() {
+        match Pin::new(&mut sock.stream).poll_write(cx, out) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(IoEvent::Closed("peer stopped accepting data".into()))
+            }
+            Poll::Ready(Ok(n)) => {
+                out.advance(n);
+                sock.flush = true;
+                return Poll::Ready(IoEvent::Wrote);
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
+            Poll::Pending => {}
+        }
+    } else if sock.flush {
+        match Pin::new(&mut sock.stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => sock.flush = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
+            Poll::Pending => {}
+        }
+    }
+    if can_read {
+        if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+            inbuf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut sock.stream), cx, inbuf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(IoEvent::Closed("connection closed".into())),
+            Poll::Ready(Ok(_)) => return Poll::Ready(IoEvent::Read),
+            Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+/// A leased server connection and its socket, while the engine holds its state.
+struct Held {
+    lease: Lease,
+    sock: Sock,
+}
+
+async fn server_io(
+    held: &mut Option<Held>,
+    inbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    can_read: bool,
+) -> IoEvent {
+    match held {
+        None => std::future::pending().await,
+        Some(h) => {
+            std::future::poll_fn(|cx| poll_sock(&mut h.sock, inbuf, out, can_read, cx)).await
+        }
+    }
+}
+
+async fn acquired(
+    acquiring: &mut Option<Acquiring>,
+) -> (
+    Slot,
+    Arc<crate::topology::NodeSpec>,
+    Result<Lease, AcquireError>,
+) {
+    match acquiring {
+        None => std::future::pending().await,
+        Some((slot, node, fut)) => {
+            let r = fut.await;
+            (*slot, node.clone(), r)
+        }
+    }
+}
+
+/// Runs the session until it ends; gives every lease back.
+pub async fn run(
+    client: crate::wire::MessageIo<Stream>,
+    mut engine: Engine,
+    h: &Handles<'_>,
+) -> End {
+    let mut b = Buffers {
+        client_in: client.rbuf,
+        ..Buffers::default()
+    };
+    let mut client = Sock {
+        stream: client.io,
+        flush: false,
+    };
+    let mut servers: [Option<Held>; 2] = [None, None];
+    let mut acquiring: Option<Acquiring> = None;
+    let idle_timeout = h.topology.load().limits.client_idle_timeout;
+    let idle_enabled = !idle_timeout.is_zero();
+    let mut idle = pin!(tokio::time::sleep(idle_timeout));
+    let mut drain = pin!(h.drain.cancelled());
+    let mut hard_stop = pin!(h.hard_stop.cancelled());
+    let mut draining = false;
+    with_env(h, |env| engine.on_client_input(&mut b, env));
+    let end = loop {
+        perform(&mut engine, &mut servers, &mut acquiring, &mut b, h);
+        if let Some(end) = engine.take_end() {
+            break end;
+        }
+        if draining && engine.quiescent(&b) {
+            break End::Shutdown;
+        }
+        let quiescent = engine.quiescent(&b);
+        let read_client = engine.wants_client_input(&b, HIGH_WATER);
+        let client_backed_up = b.client_out.len() >= HIGH_WATER;
+        let can_read = |slot: Slot, inbuf: &BytesMut| {
+            (!client_backed_up && inbuf.len() < HIGH_WATER) || engine.needs_server_bytes(slot, &b)
+        };
+        let read0 = can_read(Slot::Primary, &b.server_in[0]);
+        let read1 = can_read(Slot::Replica, &b.server_in[1]);
+        let Buffers {
+            client_in,
+            client_out,
+            server_in: [in0, in1],
+            server_out: [out0, out1],
+        } = &mut b;
+        let [h0, h1] = &mut servers;
+        tokio::select! {
+            ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, read_client, cx)) => {
+                match ev {
+                    IoEvent::Closed(_) => break End::ClientGone,
+                    IoEvent::Wrote => {}
+                    IoEvent::Read => {
+                        if idle_enabled {
+                            idle.as_mut().reset(Instant::now() + idle_timeout);
+                        }
+                        with_env(h, |env| engine.on_client_input(&mut b, env));
+                    }
+                }
+            }
+            ev = server_io(h0, in0, out0, read0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
+            ev = server_io(h1, in1, out1, read1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
+            (slot, node, r) = acquired(&mut acquiring) => {
+                acquiring = None;
+                match r {
+                    Ok(mut lease) => {
+                        let Some(state) = lease.conn.state.take() else { continue };
+                        let sock = Sock {
+                            stream: std::mem::replace(&mut lease.conn.stream, Stream::Detached),
+                            flush: false,
+                        };
+                        // An idle connection is handed over between messages: nothing unread.
+                        lease.conn.rbuf.clear();
+                        servers[slot.index()] = Some(Held { lease, sock });
+                        with_env(h, |env| engine.on_acquired(slot, Box::new(state), &mut b, env));
+                    }
+                    Err(e) => {
+                        if let AcquireError::Connect(c) = &e {
+                            if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
+                                h.failures.report(&node);
+                            }
+                        }
+                        tracing::warn!(error = %e, "no server connection for the session");
+                        let err = e.to_client();
+                        with_env(h, |env| engine.on_acquire_failed(slot, err, &mut b, env));
+                    }
+                }
+            }
+            _ = drain.as_mut(), if !draining => draining = true,
+            _ = hard_stop.as_mut() => break End::Shutdown,
+            _ = idle.as_mut(), if idle_enabled && quiescent => break End::IdleTimeout,
+        }
+        for kind in engine.take_errors() {
+            h.metrics.error(kind);
+        }
+    };
+    for kind in engine.take_errors() {
+        h.metrics.error(kind);
+    }
+    count_end(&end, h);
+    engine.finish(&mut b);
+    perform(&mut engine, &mut servers, &mut acquiring, &mut b, h);
+    close_client(&end, &mut client.stream, &mut b.client_out).await;
+    end
+}
+
+fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
+    let topology = h.topology.load_full();
+    let health = h.health.load();
+    let env = Env {
+        topology: &topology,
+        health: &health,
+        metrics: h.metrics,
+        learned: h.learned,
+        now: std::time::Instant::now(),
+    };
+    f(&env)
+}
+
+fn on_server_event(engine: &mut Engine, slot: Slot, ev: IoEvent, b: &mut Buffers, h: &Handles) {
+    match ev {
+        IoEvent::Read => with_env(h, |env| engine.on_server_input(slot, b, env)),
+        IoEvent::Wrote => {}
+        IoEvent::Closed(reason) => with_env(h, |env| engine.on_server_closed(slot, reason, b, env)),
+    }
+}
+
+/// Carries out what the engine asked for.
+fn perform(
+    engine: &mut Engine,
+    servers: &mut [Option<Held>; 2],
+    acquiring: &mut Option<Acquiring>,
+    b: &mut Buffers,
+    h: &Handles,
+) {
+    while let Some(action) = engine.next_action() {
+        match action {
+            Action::Acquire { slot, node } => {
+                let pool = h.pools.get(&node, &engine.user, &engine.cluster.pooling);
+                let timeout = h.topology.load().limits.connect_timeout;
+                let fut = Box::pin(async move { pool.acquire(timeout).await });
+                *acquiring = Some((slot, node, fut));
+            }
+            Action::Release { slot, state, reuse } => {
+                if let Some(held) = servers[slot.index()].take() {
+                    let Held { mut lease, sock } = held;
+                    lease.conn.stream = sock.stream;
+                    lease.conn.state = Some(*state);
+                    let pool = lease.pool.clone();
+                    pool.release(lease, reuse);
+                }
+                b.server_in[slot.index()].clear();
+                b.server_out[slot.index()].clear();
+            }
+            Action::Dedicate { slot } => {
+                if let Some(held) = servers[slot.index()].as_mut() {
+                    held.lease.set_pinned();
+                }
+            }
+        }
+    }
+}
+
+fn count_end(end: &End, h: &Handles) {
+    match end {
+        End::ClientError(e) => h.metrics.error(e.kind),
+        End::BackendGone(_) => h.metrics.error(crate::error::ErrorKind::BackendLost),
+        End::ClientTerminated | End::ClientGone | End::Shutdown | End::IdleTimeout => {}
+    }
+}
+
+/// Tells the client why it is closed (when it is still there) and closes its socket.
+async fn close_client(end: &End, client: &mut Stream, out: &mut BytesMut) {
+    match end {
+        End::ClientError(e) => e.encode(out),
+        End::Shutdown => ClientError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because pgmeridian is shutting down",
+        )
+        .encode(out),
+        End::IdleTimeout => ClientError::fatal(
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            "terminating connection due to idle-session timeout",
+        )
+        .encode(out),
+        End::ClientGone | End::ClientTerminated | End::BackendGone(_) => {}
+    }
+    let bye = async {
+        if !matches!(end, End::ClientGone) && !out.is_empty() {
+            let _ = client.write_all(out).await;
+        }
+        let _ = client.shutdown().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, bye).await;
+}

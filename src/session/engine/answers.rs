@@ -1,0 +1,584 @@
+//! Server answers: walks a leased connection's bytes message by message against what it owes
+//! (`expect.rs`), streams rows to the client without decoding them, never interleaves two
+//! connections, keeps transaction, read-your-writes and settings state, runs the safety net
+//! (a replica refusing a write) and read retries, and gives a lease back when its transaction
+//! is over.
+
+use bytes::Buf;
+
+use super::expect::{Outcome, ProxyUnit, Sink, Unit};
+use super::*;
+use crate::classify::{Class, Setting};
+use crate::config::ReadYourWrites;
+use crate::error::sqlstate;
+use crate::protocol::backend::{ErrorFields, TxnStatus};
+use crate::protocol::frame::{self, peek_header};
+use crate::protocol::tag::backend as btag;
+use crate::route::{self, Requirement, Target};
+
+/// Bulk messages streamed without being buffered whole.
+fn streamed(tag: u8) -> bool {
+    matches!(tag, b'D' | b'd')
+}
+
+impl Engine {
+    /// New bytes from `slot`'s connection are in `b.server_in`.
+    pub fn on_server_input(&mut self, slot: Slot, b: &mut Buffers, env: &Env) {
+        self.pump(slot, b, env);
+        self.after_answers(slot, b, env);
+    }
+
+    fn pump(&mut self, slot: Slot, b: &mut Buffers, env: &Env) {
+        let i = slot.index();
+        loop {
+            if self.end.is_some() {
+                return;
+            }
+            let Some(server) = self.servers[i].as_mut() else {
+                return;
+            };
+            server.need = 0;
+            let inbuf = &mut b.server_in[i];
+            if server.remaining > 0 {
+                let n = server.remaining.min(inbuf.len());
+                if n == 0 {
+                    return;
+                }
+                server.remaining -= n;
+                let sink = server.remaining_sink;
+                move_bytes(server, sink, inbuf, n, &mut b.client_out);
+                continue;
+            }
+            advance(server, &mut self.statements, &mut b.client_out);
+            // A run of rows (one destination) is moved in one piece.
+            let sink = server.owed.sink_for(b'D');
+            let mut run = 0;
+            let mut partial = 0;
+            loop {
+                let header = match peek_header(&inbuf[run..]) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = format!("invalid data from the server: {e}");
+                        self.server_lost(slot, reason, b, env);
+                        return;
+                    }
+                };
+                if !streamed(header.tag) {
+                    break;
+                }
+                if run + header.total_len > inbuf.len() {
+                    partial = run + header.total_len - inbuf.len();
+                    run = inbuf.len();
+                    break;
+                }
+                run += header.total_len;
+            }
+            if run > 0 {
+                if server.retry.as_ref().is_some_and(|r| r.retrying) {
+                    inbuf.advance(run);
+                } else {
+                    move_bytes(server, sink, inbuf, run, &mut b.client_out);
+                }
+                server.remaining = partial;
+                server.remaining_sink = sink;
+                continue;
+            }
+            let header = match peek_header(inbuf) {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    let reason = format!("invalid data from the server: {e}");
+                    self.server_lost(slot, reason, b, env);
+                    return;
+                }
+            };
+            if header.total_len > INSPECT_LIMIT {
+                // Too big to read whole (a huge error text): the queue moves on its tag alone.
+                let outcome = server.owed.on_message(
+                    header.tag,
+                    None,
+                    &mut server.state,
+                    &mut self.statements,
+                );
+                let sink = outcome.sink.unwrap_or(Sink::Client);
+                server.remaining = header.total_len;
+                server.remaining_sink = sink;
+                server.dirty |= outcome.confused;
+                self.on_outcome(slot, outcome, env);
+                continue;
+            }
+            if inbuf.len() < header.total_len {
+                server.need = header.total_len;
+                return;
+            }
+            let msg = inbuf.split_to(header.total_len);
+            let outcome = server.owed.on_message(
+                header.tag,
+                Some(frame::body(&msg)),
+                &mut server.state,
+                &mut self.statements,
+            );
+            server.dirty |= outcome.confused;
+            if outcome.confused {
+                tracing::warn!(node = %server.state.node, tag = %(header.tag as char), "unexpected message from the server");
+            }
+            self.on_whole_message(slot, &msg, outcome, b, env);
+        }
+    }
+
+    /// Routes one whole server message and acts on what it meant.
+    fn on_whole_message(
+        &mut self,
+        slot: Slot,
+        msg: &[u8],
+        outcome: Outcome,
+        b: &mut Buffers,
+        env: &Env,
+    ) {
+        let Some(server) = self.server_mut(slot) else {
+            return;
+        };
+        let tag = msg[0];
+        let unsolicited = tag == btag::ERROR_RESPONSE
+            && outcome.sink == Some(Sink::Drop)
+            && server.owed.queue.is_empty();
+        if unsolicited {
+            if let Some(f) = ErrorFields::parse(frame::body(msg)).filter(|f| f.is_fatal()) {
+                tracing::debug!(node = %server.state.node, error = ?f, "farewell from an idle server");
+                server.farewell = Some(format!("{} ({})", f.message, f.code));
+            }
+            return;
+        }
+        let retrying = server.retry.as_ref().is_some_and(|r| r.retrying);
+        if !retrying && outcome.sink == Some(Sink::Client) {
+            if tag == btag::ERROR_RESPONSE {
+                // Held answers of a retryable batch have not reached the client (yet).
+                server.sent_fatal = server.retry.is_none()
+                    && ErrorFields::parse(frame::body(msg)).is_some_and(|f| f.is_fatal());
+            }
+            let bytes = outcome.replace.as_deref().unwrap_or(msg);
+            if server.retry.is_some() {
+                if outcome.ready.is_some() {
+                    // The end of a retryable batch: what was held goes out before it.
+                    server.retry = None;
+                    b.client_out.unsplit(server.tentative.split());
+                    b.client_out.extend_from_slice(bytes);
+                } else {
+                    server.tentative.extend_from_slice(bytes);
+                    if server.tentative.len() > TENTATIVE_LIMIT {
+                        // Rows are flowing: this statement stays on the replica.
+                        server.retry = None;
+                        b.client_out.unsplit(server.tentative.split());
+                    }
+                }
+            } else {
+                b.client_out.extend_from_slice(bytes);
+            }
+        }
+        self.on_outcome(slot, outcome, env);
+    }
+
+    /// Acts on what a message meant for the session: the safety net, transaction state.
+    fn on_outcome(&mut self, slot: Slot, outcome: Outcome, env: &Env) {
+        if let Some(e) = &outcome.client_error {
+            self.on_client_error(slot, e);
+        }
+        if let Some((status, unit)) = outcome.ready {
+            self.on_ready(slot, status, &unit, env);
+        }
+    }
+
+    /// A replica refused the retryable batch as a write: its answers are swallowed and it runs
+    /// again on the primary.
+    fn on_client_error(&mut self, slot: Slot, e: &ErrorFields) {
+        let Some(server) = self.server_mut(slot) else {
+            return;
+        };
+        let refused_write = e.code == "25006" || e.message.contains("during recovery");
+        // A retry is kept only while its batch is the only one in flight (`send`).
+        if let Some(r) = server.retry.as_mut() {
+            if refused_write {
+                tracing::info!(node = %server.state.node, error = ?e, "replica refused a statement as a write; re-running it on the primary");
+                r.retrying = true;
+                server.tentative.clear();
+            }
+        }
+    }
+
+    /// A ReadyForQuery ended a unit on `slot`.
+    fn on_ready(&mut self, slot: Slot, status: TxnStatus, unit: &Unit, env: &Env) {
+        match unit.proxy {
+            Some(ProxyUnit::Settings) if unit.errored => {
+                self.settings_replay_failed(slot, env);
+                return;
+            }
+            Some(_) => return,
+            None => {}
+        }
+        if let Some(retry) = self
+            .server_mut(slot)
+            .and_then(|s| s.retry.take_if(|r| r.retrying).map(|r| r.batch))
+        {
+            let mut batch = retry;
+            // It wrote: read-your-writes applies once it has run on the primary.
+            batch.class = Some(Class::Write);
+            for shape in &batch.shapes {
+                env.learned.learn(*shape);
+            }
+            self.held_after_retry = self.held.take();
+            self.held = Some(Held::Forward {
+                batch: *batch,
+                slot: Slot::Primary,
+                reason: Reason::ReadonlyRetry,
+                replica: None,
+            });
+            return;
+        }
+        let before = self.route.txn;
+        self.route.txn = status;
+        if let Some(at) = unit.sent_at {
+            env.metrics
+                .batch_done(slot.role(), env.now.saturating_duration_since(at));
+        }
+        let target = match slot {
+            Slot::Primary => Target::Primary,
+            Slot::Replica => {
+                Target::Replica(self.server(slot).and_then(|s| s.replica).unwrap_or(0))
+            }
+        };
+        match status {
+            TxnStatus::Idle => {
+                if slot == Slot::Primary && (unit.wrote || self.txn_wrote) {
+                    self.after_write(env);
+                }
+                self.txn_wrote = false;
+                self.route.txn_target = None;
+                if !unit.errored {
+                    if let Some((setting, sql)) = &unit.setting {
+                        if before == TxnStatus::Idle {
+                            self.record_setting(slot, setting, sql);
+                        } else {
+                            // A setting made inside a transaction cannot be replayed faithfully.
+                            self.pin(env);
+                        }
+                    }
+                    if unit.drops_all_statements {
+                        self.statements.clear_named();
+                        if let Some(s) = self.server_mut(slot) {
+                            s.state.prepared.clear();
+                        }
+                    }
+                }
+            }
+            TxnStatus::InTransaction | TxnStatus::Failed => {
+                self.route.txn_target = Some(target);
+                // A transaction on the primary may write through anything (a function the
+                // classifier took for a read): treat it as a write when it ends.
+                self.txn_wrote |= unit.wrote || slot == Slot::Primary;
+                if unit.setting.is_some() {
+                    self.pin(env);
+                }
+            }
+        }
+    }
+
+    /// The session's settings could not be replayed on `slot`'s connection: it cannot serve
+    /// the session faithfully. A retryable read moves to the primary for good; otherwise the
+    /// connection is not reused and the next lease replays from scratch.
+    fn settings_replay_failed(&mut self, slot: Slot, env: &Env) {
+        let Some(server) = self.server_mut(slot) else {
+            return;
+        };
+        tracing::warn!(node = %server.state.node, "replaying the session's settings failed");
+        server.state.settings = None;
+        server.dirty = true;
+        if slot == Slot::Replica {
+            if let Some(r) = server.retry.as_mut() {
+                r.retrying = true;
+                server.tentative.clear();
+            }
+            self.pin(env);
+        }
+    }
+
+    fn record_setting(&mut self, slot: Slot, setting: &Setting, sql: &std::sync::Arc<str>) {
+        self.settings.apply(setting, sql);
+        match setting {
+            Setting::Set { name, value } if name == "default_transaction_read_only" => {
+                let v = value.trim_matches('\'').to_ascii_lowercase();
+                self.route.default_read_only = matches!(v.as_str(), "on" | "true" | "yes" | "1");
+            }
+            Setting::Reset { name } if name == "default_transaction_read_only" => {
+                self.route.default_read_only = false
+            }
+            Setting::ResetAll | Setting::DiscardAll => self.route.default_read_only = false,
+            _ => {}
+        }
+        let list = self.settings.list().clone();
+        if let Some(s) = self.server_mut(slot) {
+            s.state.settings = Some(list);
+            if matches!(setting, Setting::DiscardAll) {
+                s.state.prepared.clear();
+                s.state.unnamed = None;
+            }
+        }
+        if matches!(setting, Setting::DiscardAll) {
+            self.statements.clear_named();
+        }
+    }
+
+    /// The session's write committed on the primary: later reads must see it.
+    fn after_write(&mut self, env: &Env) {
+        let now = env.now;
+        self.route.requirement = match self.topology.routing.read_your_writes {
+            ReadYourWrites::Lsn => Requirement::AwaitingSample(now),
+            ReadYourWrites::Window => {
+                let lag = env
+                    .health
+                    .clusters
+                    .get(&self.cluster.name)
+                    .map(|c| {
+                        c.replicas
+                            .iter()
+                            .filter_map(|r| r.lag)
+                            .max()
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                Requirement::Until(now + route::window_after_write(&self.topology.routing, lag))
+            }
+            ReadYourWrites::Off => Requirement::None,
+        };
+        self.write_pin_started(now);
+    }
+
+    /// After answers were processed: an idle connection frees the session to send what waits,
+    /// and in transaction mode goes back to its pool.
+    fn after_answers(&mut self, slot: Slot, b: &mut Buffers, env: &Env) {
+        if self.end.is_some() {
+            return;
+        }
+        let idle = self
+            .server(slot)
+            .is_some_and(|s| s.idle(&b.server_out[slot.index()]));
+        if idle && self.active == Some(slot) {
+            self.active = None;
+            self.txn_may_be_opening = false;
+        }
+        if idle && self.releases(slot) && b.server_in[slot.index()].is_empty() {
+            self.give_back(slot, b);
+        }
+        self.resume(b, env);
+    }
+
+    /// Whether an idle connection goes back to the pool now.
+    fn releases(&self, slot: Slot) -> bool {
+        let Some(s) = self.server(slot) else {
+            return false;
+        };
+        if s.dedicated || s.farewell.is_some() {
+            return s.farewell.is_some() && !s.dedicated;
+        }
+        self.mode == PoolMode::Transaction
+            && self.route.txn == TxnStatus::Idle
+            && !self.txn_may_be_opening
+            && !(slot == Slot::Primary && self.route.pinned)
+    }
+
+    /// Gives `slot`'s connection back to its pool (closed if not clean).
+    pub(super) fn give_back(&mut self, slot: Slot, b: &mut Buffers) {
+        let Some(server) = self.servers[slot.index()].take() else {
+            return;
+        };
+        let i = slot.index();
+        let cancelled = self.cancel.release_target(server.state.pid);
+        let reuse = !server.dirty
+            && !cancelled
+            && server.farewell.is_none()
+            && server.idle(&b.server_out[i])
+            && b.server_in[i].is_empty();
+        b.server_in[i].clear();
+        b.server_out[i].clear();
+        if self.active == Some(slot) {
+            self.active = None;
+        }
+        self.actions.push_back(Action::Release {
+            slot,
+            state: server.state,
+            reuse,
+        });
+    }
+
+    /// The session cannot lose this connection without the client noticing: work is in
+    /// flight on it, a transaction lives there, or it is the session's for life.
+    fn needs(&self, slot: Slot, b: &Buffers) -> bool {
+        self.active == Some(slot)
+            || self.route.txn != TxnStatus::Idle && self.bound_slot() == Some(slot)
+            || self
+                .server(slot)
+                .is_some_and(|s| !s.idle(&b.server_out[slot.index()]) || s.dedicated)
+            || (slot == Slot::Primary && self.route.pinned)
+    }
+
+    /// `slot`'s connection ended. An idle one is just dropped; a replica read none of whose
+    /// answer reached the client runs elsewhere; otherwise the client is told (08006 unless
+    /// the server sent its own FATAL) and the session ends.
+    pub fn on_server_closed(&mut self, slot: Slot, reason: String, b: &mut Buffers, env: &Env) {
+        self.server_lost(slot, reason, b, env);
+        if self.end.is_none() {
+            self.resume(b, env);
+        }
+    }
+
+    fn server_lost(&mut self, slot: Slot, reason: String, b: &mut Buffers, env: &Env) {
+        if slot == Slot::Replica && self.retry_elsewhere(&reason, b, env) {
+            return;
+        }
+        let needed = self.needs(slot, b);
+        let Some(mut server) = self.servers[slot.index()].take() else {
+            return;
+        };
+        server.dirty = true;
+        b.server_in[slot.index()].clear();
+        b.server_out[slot.index()].clear();
+        if self.active == Some(slot) {
+            self.active = None;
+            self.txn_may_be_opening = false;
+        }
+        self.cancel.release_target(server.state.pid);
+        let farewell = server.farewell.clone();
+        let sent_fatal = server.sent_fatal;
+        let node = server.state.node.clone();
+        self.actions.push_back(Action::Release {
+            slot,
+            state: server.state,
+            reuse: false,
+        });
+        if !needed {
+            tracing::debug!(node = %node, %reason, "idle server connection closed; will lease another when needed");
+            return;
+        }
+        let reason = farewell.unwrap_or(reason);
+        if !sent_fatal {
+            ClientError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("lost the connection to backend {node}: {reason}"),
+            )
+            .with_hint(
+                "the statement in progress may or may not have completed; reconnect and check",
+            )
+            .encode(&mut b.client_out);
+        }
+        self.end = Some(End::BackendGone(reason));
+    }
+
+    /// A replica connection broke while its only batch was an autocommit read none of whose
+    /// answer had reached the client: that read runs on another node, invisibly.
+    fn retry_elsewhere(&mut self, reason: &str, b: &mut Buffers, env: &Env) -> bool {
+        let i = Slot::Replica.index();
+        let Some(server) = self.servers[i].as_ref() else {
+            return false;
+        };
+        let retryable = self.route.txn == TxnStatus::Idle
+            && !server.open_batch
+            && server.retry.as_ref().is_some_and(|r| !r.retrying);
+        if !retryable {
+            return false;
+        }
+        let Some(mut server) = self.servers[i].take() else {
+            return false;
+        };
+        let Some(retry) = server.retry.take() else {
+            return false;
+        };
+        b.server_in[i].clear();
+        b.server_out[i].clear();
+        tracing::info!(node = %server.state.node, %reason, "replica connection lost before any answer; retrying the read elsewhere");
+        let avoid = server.replica;
+        self.cancel.release_target(server.state.pid);
+        self.actions.push_back(Action::Release {
+            slot: Slot::Replica,
+            state: server.state,
+            reuse: false,
+        });
+        self.active = None;
+        self.txn_may_be_opening = false;
+        let batch = retry.batch;
+        let class = batch.class.clone().unwrap_or(Class::Empty);
+        self.route.avoid = avoid;
+        let decision = self.decide(&class, batch.hint, env);
+        self.route.avoid = None;
+        self.held_after_retry = self.held.take();
+        self.held = Some(match decision {
+            Ok((Target::Replica(r), _)) => Held::Forward {
+                batch: *batch,
+                slot: Slot::Replica,
+                reason: Reason::ReadRetry,
+                replica: Some(r),
+            },
+            Ok((Target::Primary, _)) => Held::Forward {
+                batch: *batch,
+                slot: Slot::Primary,
+                reason: Reason::ReadRetry,
+                replica: None,
+            },
+            Err(e) => Held::Answer {
+                reply: LocalReply::Refuse(e),
+            },
+        });
+        true
+    }
+}
+
+/// Gives the client what the proxy owes it at the front of `server`'s queue: held back with
+/// the rest while a retry is possible, dropped if the retry is under way.
+pub(super) fn advance(server: &mut Server, statements: &mut Statements, client_out: &mut BytesMut) {
+    match &server.retry {
+        Some(r) if r.retrying => {
+            let mut dropped = BytesMut::new();
+            server
+                .owed
+                .advance(&mut server.state, statements, &mut dropped);
+        }
+        Some(_) => server
+            .owed
+            .advance(&mut server.state, statements, &mut server.tentative),
+        None => server
+            .owed
+            .advance(&mut server.state, statements, client_out),
+    }
+}
+
+/// Moves `n` bytes from the front of `inbuf` to where they go.
+fn move_bytes(
+    server: &mut Server,
+    sink: Sink,
+    inbuf: &mut BytesMut,
+    n: usize,
+    client_out: &mut BytesMut,
+) {
+    if server.retry.as_ref().is_some_and(|r| r.retrying) {
+        inbuf.advance(n);
+        return;
+    }
+    match sink {
+        Sink::Drop => inbuf.advance(n),
+        Sink::Client if server.retry.is_some() => {
+            server.tentative.extend_from_slice(&inbuf[..n]);
+            inbuf.advance(n);
+            if server.tentative.len() > TENTATIVE_LIMIT {
+                server.retry = None;
+                client_out.unsplit(server.tentative.split());
+            }
+        }
+        Sink::Client if client_out.is_empty() && n == inbuf.len() => {
+            // Bulk rows: hand the whole buffer over instead of copying it.
+            std::mem::swap(client_out, inbuf);
+        }
+        Sink::Client => {
+            client_out.extend_from_slice(&inbuf[..n]);
+            inbuf.advance(n);
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! From client bytes to a routed batch: framing, batching, asking `route::decide` with the
+//! session's and cluster's state, holding a batch until its connection is free and leased,
+//! following a reload between transactions, and the answers the proxy gives itself.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::classify::{Class, Hint};
+use crate::error::{sqlstate, ErrorKind};
+use crate::health::PrimaryView;
+use crate::protocol::backend::TxnStatus;
+use crate::protocol::encode;
+use crate::protocol::frame::{self, FrameError};
+use crate::protocol::tag;
+use crate::route::{self, Decision, RouteInput, Target};
+
+use super::super::batch;
+
+/// What a client is told when a batch cannot be routed; the session goes on.
+pub(super) fn refusal(cluster: &str, reason: Reason) -> ClientError {
+    match reason {
+        Reason::NoPrimary => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("cluster \"{cluster}\" has no reachable primary; writes are refused until one is back"),
+        )
+        .with_hint("reads continue on replicas; a promoted replica is followed automatically")
+        .with_kind(ErrorKind::RefusedNoPrimary),
+        Reason::PrimaryConflict => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("more than one node of cluster \"{cluster}\" claims to be the primary; writes are refused until that resolves"),
+        )
+        .with_kind(ErrorKind::RefusedConflict),
+        other => ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("no replica of cluster \"{cluster}\" can serve this read ({})", other.as_str()),
+        )
+        .with_hint("routing.no_eligible_replica is `error`; a replica must be up and within routing.max_replica_lag")
+        .with_kind(ErrorKind::RefusedNoReplica),
+    }
+}
+
+impl Engine {
+    /// Reads the client's complete messages into batches and sends or holds them.
+    pub fn on_client_input(&mut self, b: &mut Buffers, env: &Env) {
+        while self.held.is_none() && self.end.is_none() {
+            let msg = match frame::split_message(&mut b.client_in, self.max_message) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    self.end_with(ClientError::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        e.to_string(),
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.end_with(ClientError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ));
+                    return;
+                }
+            };
+            match msg[0] {
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                    // COPY data follows its statement to the connection running it.
+                    let slot = Slot::ALL
+                        .into_iter()
+                        .find(|&s| self.server(s).is_some_and(|srv| srv.owed.copy_in))
+                        .or(self.active)
+                        .unwrap_or(Slot::Primary);
+                    if self.server(slot).is_some() {
+                        b.server_out[slot.index()].unsplit(msg);
+                    }
+                }
+                tag::TERMINATE => {
+                    self.end = Some(End::ClientTerminated);
+                    return;
+                }
+                _ => {
+                    let ctx = batch::Ctx {
+                        writes: &self.topology.write_functions,
+                        learned: env.learned,
+                        max_statements: MAX_SESSION_STATEMENTS,
+                    };
+                    match batch::add(&mut self.batch, &mut self.statements, msg, &ctx) {
+                        Ok(batch::Step::Send) => self.dispatch(b, env),
+                        Ok(batch::Step::Continue) => {}
+                        Err(e) => {
+                            self.end_with(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if self.held.is_none() && self.end.is_none() && self.batch.len >= BATCH_FORWARD_BYTES {
+            self.dispatch(b, env);
+        }
+    }
+
+    pub(super) fn end_with(&mut self, e: ClientError) {
+        if self.end.is_none() {
+            self.end = Some(End::ClientError(e));
+        }
+    }
+
+    /// Routes the batch built so far, then sends it (or holds it until it can go).
+    fn dispatch(&mut self, b: &mut Buffers, env: &Env) {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
+            return;
+        }
+        let mut class = batch.class.clone().unwrap_or(Class::Empty);
+        if !batch.completes {
+            // Its Bind/Execute will follow it to the same backend: route by what it prepares,
+            // and send a batch split only by its size to the primary.
+            if let Some(parsed) = &batch.parse_class {
+                class = batch::combine(class, parsed);
+            }
+            if batch.len >= BATCH_FORWARD_BYTES {
+                class = Class::Write;
+            }
+        }
+        let held = if let (Class::RouteHint(h), true) = (&class, batch.simple_query) {
+            Held::Answer {
+                reply: LocalReply::RouteHint(*h),
+            }
+        } else if let Some(reply) = self.answered_here(&batch) {
+            Held::Answer { reply }
+        } else if let Some(slot) = self.bound_slot() {
+            let replica = self
+                .server(Slot::Replica)
+                .and_then(|s| s.replica)
+                .filter(|_| slot == Slot::Replica);
+            Held::Forward {
+                batch,
+                slot,
+                reason: Reason::InTransaction,
+                replica,
+            }
+        } else if batch.inert && batch.completes {
+            // A Sync with nothing before it (after Close only, say): no server needed.
+            Held::Answer {
+                reply: LocalReply::Inert(batch),
+            }
+        } else {
+            self.follow_topology(env);
+            match self.decide(&class, batch.hint, env) {
+                Ok((Target::Primary, reason)) => Held::Forward {
+                    batch,
+                    slot: Slot::Primary,
+                    reason,
+                    replica: None,
+                },
+                Ok((Target::Replica(i), reason)) => Held::Forward {
+                    batch,
+                    slot: Slot::Replica,
+                    reason,
+                    replica: Some(i),
+                },
+                Err(e) if batch.completes => Held::Answer {
+                    reply: LocalReply::Refuse(e),
+                },
+                Err(_) => Held::Forward {
+                    batch,
+                    slot: Slot::Primary,
+                    reason: Reason::NoReplicaFallback,
+                    replica: None,
+                },
+            }
+        };
+        self.held = Some(held);
+        self.release_held(b, env);
+    }
+
+    /// A DEALLOCATE of statements that live only in the proxy is answered by it.
+    fn answered_here(&self, batch: &Batch) -> Option<LocalReply> {
+        match batch.deallocate.as_ref()? {
+            Some(name) if self.statements.get(name).is_some() => {
+                Some(LocalReply::Deallocate(name.clone()))
+            }
+            // SQL-level PREPAREd statements exist only on a pinned session's connection.
+            None if !self.route.pinned => Some(LocalReply::DeallocateAll),
+            _ => None,
+        }
+    }
+
+    /// The connection a batch must follow whatever its class: the rest of a batch whose first
+    /// part went out before a Flush, a COPY's closing Sync, or an open transaction.
+    pub(super) fn bound_slot(&self) -> Option<Slot> {
+        for slot in Slot::ALL {
+            if let Some(s) = self.server(slot) {
+                let ignored_sync = s
+                    .owed
+                    .queue
+                    .iter()
+                    .any(|e| matches!(e.kind, expect::Kind::Sync { ignored: true, .. }));
+                if s.open_batch || s.owed.copy_in || ignored_sync {
+                    return Some(slot);
+                }
+            }
+        }
+        if self.route.txn != TxnStatus::Idle {
+            return Some(match self.route.txn_target {
+                Some(Target::Replica(_)) => Slot::Replica,
+                _ => Slot::Primary,
+            });
+        }
+        // Pipelined batches after a transaction-opening batch whose answer has not come yet.
+        self.active.filter(|_| self.txn_may_be_opening)
+    }
+
+    /// Sends the held batch if nothing blocks it now; asks for a lease if it needs one.
+    pub(super) fn release_held(&mut self, b: &mut Buffers, env: &Env) {
+        loop {
+            match &self.held {
+                None => return,
+                Some(Held::Answer { .. }) => {
+                    if self.active.is_some() || self.acquiring.is_some() {
+                        return;
+                    }
+                    let Some(Held::Answer { reply }) = self.held.take() else {
+                        return;
+                    };
+                    self.answer_locally(reply, b, env);
+                    self.held = self.held_after_retry.take();
+                }
+                Some(Held::Forward { slot, replica, .. }) => {
+                    let (slot, replica) = (*slot, *replica);
+                    if self.active.is_some_and(|a| a != slot) || self.acquiring.is_some() {
+                        return;
+                    }
+                    if !self.lease_ready(slot, replica, b, env) {
+                        return;
+                    }
+                    let Some(Held::Forward {
+                        batch,
+                        slot,
+                        reason,
+                        ..
+                    }) = self.held.take()
+                    else {
+                        return;
+                    };
+                    self.send(slot, batch, reason, b, env);
+                    self.held = self.held_after_retry.take();
+                }
+            }
+            if self.end.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Whether `slot` holds the right connection for the held batch; if not, gives back a
+    /// wrong idle one and asks for the right one (refusing the batch when there is none).
+    fn lease_ready(
+        &mut self,
+        slot: Slot,
+        replica: Option<usize>,
+        b: &mut Buffers,
+        env: &Env,
+    ) -> bool {
+        // A transaction, an open batch or a COPY finishes where it began, whatever the probes
+        // or a reload say meanwhile.
+        if self.server(slot).is_some() && self.bound_slot() == Some(slot) {
+            return true;
+        }
+        let want = match slot {
+            Slot::Primary => match self.effective_primary(env) {
+                Ok(node) => node,
+                Err(e) => {
+                    self.refuse_held(e, b);
+                    return false;
+                }
+            },
+            Slot::Replica => match replica.and_then(|i| self.cluster.replicas.get(i)) {
+                Some(node) => node.clone(),
+                None => {
+                    let e = ClientError::error(
+                        sqlstate::CONNECTION_FAILURE,
+                        "the chosen replica is no longer configured",
+                    );
+                    self.refuse_held(e, b);
+                    return false;
+                }
+            },
+        };
+        if let Some(s) = self.server(slot) {
+            let right = Arc::ptr_eq(&s.state.node, &want) && s.farewell.is_none();
+            if right {
+                if slot == Slot::Replica {
+                    if let Some(s) = self.server_mut(slot) {
+                        s.replica = replica;
+                    }
+                }
+                return true;
+            }
+            if !s.idle(&b.server_out[slot.index()]) {
+                return false; // wait until it is done, then switch
+            }
+            tracing::debug!(old = %s.state.node, new = %want, "moving to another node");
+            self.give_back(slot, b);
+        }
+        self.acquiring = Some(slot);
+        self.actions.push_back(Action::Acquire { slot, node: want });
+        false
+    }
+
+    /// A lease for `slot` arrived.
+    pub fn on_acquired(&mut self, slot: Slot, state: Box<ServerState>, b: &mut Buffers, env: &Env) {
+        self.acquiring = None;
+        let replica = match &self.held {
+            Some(Held::Forward { replica, .. }) if slot == Slot::Replica => *replica,
+            _ => None,
+        };
+        b.server_in[slot.index()].clear();
+        b.server_out[slot.index()].clear();
+        let mut server = Server::new(state, replica);
+        if self.route.pinned && slot == Slot::Primary {
+            server.dedicated = true;
+            self.actions.push_back(Action::Dedicate { slot });
+        }
+        self.servers[slot.index()] = Some(server);
+        self.release_held(b, env);
+        self.resume(b, env);
+    }
+
+    /// No lease could be had for `slot`: a read moves to the primary, anything else is
+    /// answered with the error.
+    pub fn on_acquire_failed(&mut self, slot: Slot, e: ClientError, b: &mut Buffers, env: &Env) {
+        self.acquiring = None;
+        if slot == Slot::Replica && self.route.txn == TxnStatus::Idle {
+            if let Some(Held::Forward {
+                slot: s,
+                reason,
+                replica,
+                ..
+            }) = &mut self.held
+            {
+                tracing::warn!(error = %e, "replica unavailable; serving from the primary");
+                *s = Slot::Primary;
+                *reason = Reason::UnhealthyExcluded;
+                *replica = None;
+                self.release_held(b, env);
+                self.resume(b, env);
+                return;
+            }
+        }
+        self.refuse_held(e, b);
+        self.release_held(b, env);
+        self.resume(b, env);
+    }
+
+    /// The held batch cannot be served: outside a transaction a complete batch is answered
+    /// with the error and the session goes on; otherwise the session ends.
+    fn refuse_held(&mut self, mut e: ClientError, b: &mut Buffers) {
+        let Some(Held::Forward { batch, .. }) = self.held.take() else {
+            return;
+        };
+        if batch.completes && self.route.txn == TxnStatus::Idle && self.active.is_none() {
+            e.fatal = false;
+            tracing::info!(code = %e.code, message = %e.message, "batch refused");
+            self.obs.count_error(e.kind);
+            e.encode(&mut b.client_out);
+            encode::ready_for_query(&mut b.client_out, TxnStatus::Idle);
+            self.held = self.held_after_retry.take();
+            return;
+        }
+        e.fatal = true;
+        self.end_with(e);
+    }
+
+    fn answer_locally(&mut self, reply: LocalReply, b: &mut Buffers, env: &Env) {
+        let out = &mut b.client_out;
+        match reply {
+            LocalReply::RouteHint(h) => {
+                self.route.route_override = Some(h);
+                out.extend_from_slice(b"C\0\0\0\x08SET\0");
+            }
+            LocalReply::Refuse(e) => {
+                self.obs.count_error(e.kind);
+                e.encode(out);
+            }
+            LocalReply::Deallocate(name) => {
+                if self.route.txn == TxnStatus::Failed {
+                    aborted().encode(out);
+                } else {
+                    self.statements.remove(&name);
+                    out.extend_from_slice(b"C\0\0\0\x0fDEALLOCATE\0");
+                }
+            }
+            LocalReply::DeallocateAll => {
+                if self.route.txn == TxnStatus::Failed {
+                    aborted().encode(out);
+                } else {
+                    self.statements.clear_named();
+                    out.extend_from_slice(b"C\0\0\0\x13DEALLOCATE ALL\0");
+                }
+            }
+            LocalReply::Inert(batch) => {
+                for m in &batch.msgs {
+                    if let batch::Msg::CloseStatement = m {
+                        out.extend_from_slice(b"3\0\0\0\x04");
+                    }
+                }
+            }
+        }
+        encode::ready_for_query(out, self.route.txn);
+        let _ = env;
+    }
+
+    /// After a reload, moves the session to the new topology at a point where nothing is in
+    /// flight and no transaction is open (a transaction finishes on the snapshot it began
+    /// with). A connection to a node that left or changed is given back.
+    pub(super) fn follow_topology(&mut self, env: &Env) {
+        let live = env.topology;
+        if live.generation == self.topology.generation
+            || self.active.is_some()
+            || self.held.is_some()
+            || self.held_after_retry.is_some()
+            || self.route.txn != TxnStatus::Idle
+        {
+            return;
+        }
+        let Some(cluster) = live.clusters.get(&self.cluster.name).cloned() else {
+            self.end_with(ClientError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                format!(
+                    "database \"{}\" was removed from the proxy configuration",
+                    self.cluster.name
+                ),
+            ));
+            return;
+        };
+        let Some(user) = live.users.get(&self.user.name).cloned() else {
+            self.end_with(ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "user \"{}\" was removed from the proxy configuration",
+                    self.user.name
+                ),
+            ));
+            return;
+        };
+        self.user = user;
+        if let Some(s) = self.server_mut(Slot::Replica) {
+            match cluster
+                .replicas
+                .iter()
+                .position(|n| Arc::ptr_eq(n, &s.state.node))
+            {
+                Some(i) => s.replica = Some(i),
+                None => {
+                    tracing::info!(node = %s.state.node, "replica removed or changed by a reload; this session moves");
+                    self.pending_give_back(Slot::Replica);
+                }
+            }
+        }
+        self.route.avoid = None;
+        self.max_message = live.limits.max_message_bytes;
+        self.mode = cluster.pooling.mode;
+        self.cluster = cluster;
+        self.topology = live.clone();
+    }
+
+    /// Gives back an idle lease later, when buffers are at hand (from `follow_topology`).
+    fn pending_give_back(&mut self, slot: Slot) {
+        if let Some(server) = self.servers[slot.index()].take() {
+            let cancelled = self.cancel.release_target(server.state.pid);
+            self.actions.push_back(Action::Release {
+                slot,
+                state: server.state,
+                reuse: !server.dirty && !cancelled,
+            });
+        }
+    }
+
+    pub(super) fn decide(
+        &mut self,
+        class: &Class,
+        hint: Option<Hint>,
+        env: &Env,
+    ) -> Result<(Target, Reason), ClientError> {
+        let cluster_health = env
+            .health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.aligned_to(&self.cluster));
+        if let Some(h) = &cluster_health {
+            self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
+        }
+        self.route.current_replica = self.server(Slot::Replica).and_then(|s| s.replica);
+        let input = RouteInput {
+            class,
+            hint,
+            session: &self.route,
+            cluster: &self.cluster,
+            health: cluster_health.as_deref(),
+            policy: &self.topology.routing,
+            location: self.location.at,
+            now: env.now,
+        };
+        match route::decide(&input) {
+            Decision::Route { target, reason } => Ok((target, reason)),
+            Decision::Refuse(reason) => {
+                env.metrics
+                    .refused
+                    .with_label_values(&[self.cluster.name.as_str(), reason.as_str()])
+                    .inc();
+                Err(refusal(&self.cluster.name, reason))
+            }
+        }
+    }
+
+    /// The node acting as primary now (a promoted replica after a failover).
+    pub(super) fn effective_primary(&self, env: &Env) -> Result<Arc<NodeSpec>, ClientError> {
+        let view = env
+            .health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.aligned_to(&self.cluster).primary_view());
+        match view {
+            None | Some(PrimaryView::Unknown) | Some(PrimaryView::One(0)) => {
+                Ok(self.cluster.primary.clone())
+            }
+            Some(PrimaryView::One(i)) => self
+                .cluster
+                .replicas
+                .get(i - 1)
+                .cloned()
+                .ok_or_else(|| refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::None) => Err(refusal(&self.cluster.name, Reason::NoPrimary)),
+            Some(PrimaryView::Conflict) => {
+                Err(refusal(&self.cluster.name, Reason::PrimaryConflict))
+            }
+        }
+    }
+
+    /// Goes on with what waits once something finished: a held batch, then queued client
+    /// messages.
+    pub(super) fn resume(&mut self, b: &mut Buffers, env: &Env) {
+        self.release_held(b, env);
+        if self.held.is_none() && self.end.is_none() && !b.client_in.is_empty() {
+            self.on_client_input(b, env);
+        }
+    }
+}
+
+/// What PostgreSQL says to anything but ROLLBACK in a failed transaction.
+fn aborted() -> ClientError {
+    ClientError::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
