@@ -38,11 +38,11 @@ struct Options {
     /// pgbench -i -s.
     #[arg(long, default_value_t = 10)]
     scale: u32,
-    /// Comma-separated subset of: select, tpcb, connect, prepared.
+    /// Comma-separated subset of: select, tpcb, connect, connect-md5, extended, prepared.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "select,tpcb,connect,prepared"
+        default_value = "select,extended,prepared,tpcb,connect,connect-md5"
     )]
     workloads: Vec<Workload>,
     /// Also measure a second pgmeridian with one session thread (`workers: 1`), as target
@@ -66,6 +66,8 @@ struct Options {
 pub struct Target<'a> {
     pub name: &'static str,
     pub port: u16,
+    /// The role pgbench logs in as.
+    pub user: &'static str,
     pub proxy: Option<&'a Proxy>,
 }
 
@@ -92,29 +94,47 @@ fn run(opts: &Options) -> Result<(), String> {
         opts.scale
     );
     let cluster = setup::cluster(&bin, opts.scale)?;
-    let meridian = children::start_pgmeridian(&cluster, "pgmeridian", None, None)?;
+    let scram = "scram-sha-256";
+    let meridian = children::start_pgmeridian(&cluster, "pgmeridian", None, None, scram)?;
+    let md5 = opts
+        .workloads
+        .contains(&Workload::ConnectMd5)
+        .then(|| children::start_pgmeridian(&cluster, "pgmeridian-md5", None, None, "md5"))
+        .transpose()?;
     let one_worker = opts
         .one_worker_variant
-        .then(|| children::start_pgmeridian(&cluster, "pgmeridian-1w", None, Some(1)))
+        .then(|| children::start_pgmeridian(&cluster, "pgmeridian-1w", None, Some(1), scram))
         .transpose()?;
     let baseline = opts
         .baseline
         .as_deref()
-        .map(|bin| children::start_pgmeridian(&cluster, "baseline", Some(bin), None))
+        .map(|bin| children::start_pgmeridian(&cluster, "baseline", Some(bin), None, scram))
         .transpose()?;
     let bouncer = children::start_pgbouncer(&cluster, opts.clients)?;
     if bouncer.is_none() {
         println!("pgbouncer is not installed: the PgBouncer rows are skipped");
     }
-    let mut targets = vec![Target {
-        name: "direct",
-        port: cluster.primary.port,
-        proxy: None,
-    }];
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            port: cluster.primary.port,
+            user: setup::USER,
+            proxy: None,
+        },
+        Target {
+            name: "direct-trust",
+            port: cluster.primary.port,
+            user: setup::TRUST_USER,
+            proxy: None,
+        },
+    ];
     if let Some(b) = &bouncer {
         targets.push(b.target("pgbouncer"));
     }
     targets.push(meridian.target("pgmeridian"));
+    if let Some(m) = &md5 {
+        targets.push(m.target("pgmeridian-md5"));
+    }
     if let Some(m) = &one_worker {
         targets.push(m.target("pgmeridian-1w"));
     }
@@ -140,7 +160,7 @@ fn run_rounds(
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
         for &workload in &opts.workloads {
-            for target in targets {
+            for target in targets.iter().filter(|t| workload.runs_against(t.name)) {
                 setup::reset_tables(cluster)?;
                 let sample = measure(bench, round, workload, target)?;
                 println!(
@@ -165,7 +185,7 @@ fn measure(
     target: &Target,
 ) -> Result<Sample, String> {
     let before = target.proxy.map(|p| p.cpu_seconds()).transpose()?;
-    let mut result = bench.run(target.port, workload)?;
+    let mut result = bench.run(target.port, target.user, workload)?;
     if let (Some(p), Some(before)) = (target.proxy, before) {
         result.proxy_cpu_s = Some(p.cpu_seconds()? - before);
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pgwire::api::auth::sasl::scram::{ScramServerAuth, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -72,9 +72,9 @@ pub struct ClientTls {
     pub scram: ScramServerAuth,
 }
 
-fn scram() -> ScramServerAuth {
+fn scram(iterations: u32) -> ScramServerAuth {
     let mut s = ScramServerAuth::new();
-    s.set_iterations(SCRAM_ITERATIONS);
+    s.set_iterations(iterations as usize);
     s
 }
 
@@ -86,7 +86,7 @@ impl Shared {
             Some(t) => {
                 let (server_config, cert_pem) = tls::server_config(&t.cert, &t.key)
                     .map_err(|e| vec![Problem::new("tls", e)])?;
-                let mut scram = scram();
+                let mut scram = scram(config.scram_iterations);
                 scram.configure_certificate(&cert_pem).map_err(|e| {
                     vec![Problem::new(
                         "tls.cert",
@@ -112,7 +112,7 @@ impl Shared {
             topology: ArcSwap::from_pointee(topology),
             health: ArcSwap::from_pointee(Health::default()),
             client_tls,
-            scram_plain: scram(),
+            scram_plain: scram(config.scram_iterations),
             cancels: Arc::new(CancelRegistry::default()),
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

@@ -79,6 +79,14 @@ pub struct Config {
     /// Backend connection pools (a cluster may override them with `clusters.NAME.pooling`).
     #[serde(default)]
     pub pooling: Pooling,
+    /// PBKDF2 iterations of the SCRAM verifiers the proxy derives for its clients (restart to
+    /// change). Each client login costs the client this many HMACs.
+    #[serde(default = "default_scram_iterations")]
+    pub scram_iterations: u32,
+}
+
+fn default_scram_iterations() -> u32 {
+    4096
 }
 
 impl Config {

@@ -23,6 +23,7 @@ struct StartOnly {
     admin_listen: Option<String>,
     tls: Option<(PathBuf, PathBuf, bool)>,
     workers: Option<usize>,
+    scram_iterations: u32,
 }
 
 impl StartOnly {
@@ -38,6 +39,7 @@ impl StartOnly {
                  }| (cert.clone(), key.clone(), *required),
             ),
             workers: c.workers,
+            scram_iterations: c.scram_iterations,
         }
     }
 }
@@ -138,6 +140,10 @@ async fn apply(
             ("admin_listen", started.admin_listen != now.admin_listen),
             ("tls", started.tls != now.tls),
             ("workers", started.workers != now.workers),
+            (
+                "scram_iterations",
+                started.scram_iterations != now.scram_iterations,
+            ),
         ] {
             if changed {
                 tracing::warn!(

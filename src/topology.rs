@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use pgwire::api::auth::sasl::scram::{gen_salted_password, SCRAM_ITERATIONS};
+use pgwire::api::auth::sasl::scram::gen_salted_password;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
@@ -36,6 +36,8 @@ pub struct Topology {
     /// Peers whose connections start with a PROXY header; empty: PROXY protocol off.
     pub proxy_trusted: Vec<ipnet::IpNet>,
     pub geoip: Option<PathBuf>,
+    /// Iterations of the client SCRAM verifiers (fixed at start: the SCRAM state machines are).
+    pub scram_iterations: u32,
 }
 
 pub struct UserSpec {
@@ -182,12 +184,13 @@ impl Topology {
         previous: Option<&Topology>,
     ) -> Result<Topology, Vec<Problem>> {
         let mut problems = Vec::new();
+        let scram_iterations = previous.map_or(config.scram_iterations, |t| t.scram_iterations);
         let users_in_order: Vec<Arc<UserSpec>> = config
             .users
             .iter()
             .map(|u| {
                 let salt: [u8; 16] = rand::random();
-                let salted = gen_salted_password(&u.password, &salt, SCRAM_ITERATIONS);
+                let salted = gen_salted_password(&u.password, &salt, scram_iterations as usize);
                 let spec = UserSpec {
                     name: u.name.clone(),
                     password: u.password.clone(),
@@ -308,6 +311,7 @@ impl Topology {
                 .filter_map(|t| crate::config::parse_cidr(t).ok())
                 .collect(),
             geoip: config.geoip.as_ref().map(|g| g.database.clone()),
+            scram_iterations,
         })
     }
 }

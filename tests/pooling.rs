@@ -400,6 +400,16 @@ fn exec() -> BytesMut {
 
 /// Reads until the `n`th ReadyForQuery; returns the tags seen (with SQLSTATEs of errors).
 async fn answers(s: &mut TcpStream, buf: &mut BytesMut, n: usize) -> String {
+    answers_until(s, buf, n, None).await
+}
+
+/// Reads until the `n`th ReadyForQuery or the first message tagged `stop`.
+async fn answers_until(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    n: usize,
+    stop: Option<u8>,
+) -> String {
     let mut tags = String::new();
     let mut z = 0;
     loop {
@@ -415,6 +425,9 @@ async fn answers(s: &mut TcpStream, buf: &mut BytesMut, n: usize) -> String {
                 if z == n {
                     return tags;
                 }
+            }
+            if Some(m[0]) == stop {
+                return tags;
             }
         }
         let read = tokio::time::timeout(Duration::from_secs(5), s.read_buf(buf)).await;
@@ -508,5 +521,50 @@ async fn a_failing_libpq_pipeline_in_a_transaction_does_not_hang() {
     ))
     .await
     .unwrap();
+    assert_eq!(answers(&mut s, &mut buf, 1).await, "CZI");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_without_sync_gets_its_answers_as_postgresql_gives_them() {
+    // psycopg's test_pipeline_communicate_uniqviol as libpq sends it: the statements go out in
+    // pipeline mode with no Sync and no Flush, and the client waits for their results.
+    let _serial = SERIAL.lock().await;
+    let t = table("nosync");
+    setup(&format!(
+        "create table {t} (id int primary key); grant all on {t} to pgm_md5;"
+    ))
+    .await;
+    let proxy = proxy("").await;
+    let mut s = raw_login(proxy.addr).await;
+    let mut buf = BytesMut::new();
+    s.write_all(&msg(b'Q', &cstrs(&["BEGIN"]))).await.unwrap();
+    assert_eq!(answers(&mut s, &mut buf, 1).await, "CZT");
+    s.write_all(
+        &[
+            parse("ins", &format!("insert into {t} values ($1) returning id")),
+            msg(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers(&mut s, &mut buf, 1).await, "1ZT");
+    let mut out = BytesMut::new();
+    for id in ["1", "2", "1", "3", "4"] {
+        out.unsplit(bind("ins", &[id]));
+        out.unsplit(exec());
+    }
+    out.unsplit(parse("", "COMMIT"));
+    out.unsplit(bind("", &[]));
+    out.unsplit(exec());
+    s.write_all(&out).await.unwrap();
+    // No Sync yet: the results (and the error) still arrive.
+    let tags = answers_until(&mut s, &mut buf, 0, Some(b'E')).await;
+    assert_eq!(tags, "2DC2DC2E(23505)");
+    s.write_all(&msg(b'S', b"")).await.unwrap();
+    assert_eq!(answers(&mut s, &mut buf, 1).await, "ZE");
+    s.write_all(&msg(b'Q', &cstrs(&["ROLLBACK"])))
+        .await
+        .unwrap();
     assert_eq!(answers(&mut s, &mut buf, 1).await, "CZI");
 }

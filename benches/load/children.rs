@@ -28,6 +28,7 @@ impl Proxy {
         Target {
             name,
             port: self.port,
+            user: USER,
             proxy: Some(self),
         }
     }
@@ -67,10 +68,11 @@ pub fn start_pgmeridian(
     name: &str,
     program: Option<&Path>,
     workers: Option<u32>,
+    client_auth: &str,
 ) -> Result<Proxy, String> {
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = c.base.join(format!("{name}.yaml"));
-    let mut yaml = pgmeridian_yaml(c, port, admin_port);
+    let mut yaml = pgmeridian_yaml(c, port, admin_port, client_auth);
     if let Some(n) = workers {
         yaml.push_str(&format!("workers: {n}\n"));
     }
@@ -93,7 +95,7 @@ pub fn start_pgmeridian(
     Ok(proxy)
 }
 
-fn pgmeridian_yaml(c: &LocalCluster, port: u16, admin_port: u16) -> String {
+fn pgmeridian_yaml(c: &LocalCluster, port: u16, admin_port: u16, client_auth: &str) -> String {
     let replicas: String = c
         .replicas
         .iter()
@@ -111,7 +113,7 @@ region: local
 regions:
   local: {{ lat: 0.0, lon: 0.0 }}
 users:
-  - {{ name: {USER}, password: {PASSWORD} }}
+  - {{ name: {USER}, password: {PASSWORD}, auth: {client_auth} }}
 clusters:
   {DATABASE}:
     primary: {{ host: 127.0.0.1, port: {}, region: local, tls: disable }}

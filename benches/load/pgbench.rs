@@ -12,8 +12,12 @@ pub enum Workload {
     Select,
     /// The default TPC-B-like script: BEGIN, 3 UPDATEs, a SELECT, an INSERT, END.
     Tpcb,
-    /// `-S -C`: a new connection (and login) for every transaction.
+    /// `-S -C`: a new connection (and SCRAM login) for every transaction.
     Connect,
+    /// `-S -C` with MD5 client logins through pgmeridian, against trusted direct logins.
+    ConnectMd5,
+    /// `-S -M extended`: extended protocol, unnamed statements.
+    Extended,
     /// `-S -M prepared`: extended protocol with named prepared statements.
     Prepared,
 }
@@ -23,16 +27,33 @@ impl Workload {
         match self {
             Workload::Select => "select-only (-S)",
             Workload::Tpcb => "TPC-B-like",
-            Workload::Connect => "select-only, new conn (-S -C)",
+            Workload::Connect => "select-only, new conn (-S -C), SCRAM",
+            Workload::ConnectMd5 => "select-only, new conn (-S -C), md5 vs trust",
+            Workload::Extended => "select-only (-S -M extended)",
             Workload::Prepared => "select-only (-S -M prepared)",
         }
+    }
+
+    /// The target its ratios are taken against.
+    pub fn reference(self) -> &'static str {
+        match self {
+            Workload::ConnectMd5 => "direct-trust",
+            _ => "direct",
+        }
+    }
+
+    /// Whether this workload runs against `target` (the md5 comparison has its own pair).
+    pub fn runs_against(self, target: &str) -> bool {
+        let md5_pair = matches!(target, "direct-trust" | "pgmeridian-md5");
+        (self == Workload::ConnectMd5) == md5_pair
     }
 
     fn args(self) -> &'static [&'static str] {
         match self {
             Workload::Select => &["-S"],
             Workload::Tpcb => &[],
-            Workload::Connect => &["-S", "-C"],
+            Workload::Connect | Workload::ConnectMd5 => &["-S", "-C"],
+            Workload::Extended => &["-S", "-M", "extended"],
             Workload::Prepared => &["-S", "-M", "prepared"],
         }
     }
@@ -104,8 +125,8 @@ impl Pgbench {
 
     /// Runs `workload` against 127.0.0.1:`port`. A run whose clients failed is still a result
     /// (with its errors); only failing to start pgbench at all is an `Err`.
-    pub fn run(&self, port: u16, workload: Workload) -> Result<RunResult, String> {
-        let out = setup::client(&self.bin, "pgbench", port)
+    pub fn run(&self, port: u16, user: &str, workload: Workload) -> Result<RunResult, String> {
+        let out = setup::client_as(&self.bin, "pgbench", port, user)
             .args(&self.args)
             .args(workload.args())
             .arg(DATABASE)

@@ -17,6 +17,11 @@ pub fn cluster(bin: &PgBin, scale: u32) -> Result<LocalCluster, String> {
     c.sql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"))?;
     c.sql(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"))?;
     pgbench_init(bin, c.primary.port, scale)?;
+    c.sql(&format!("CREATE ROLE {TRUST_USER} LOGIN"))?;
+    c.primary.psql(
+        DATABASE,
+        &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {TRUST_USER}"),
+    )?;
     for name in ["replica0", "replica1"] {
         c.add_replica(name, &ReplicaOptions::default())?;
     }
@@ -36,13 +41,22 @@ pub fn reset_tables(c: &LocalCluster) -> Result<(), String> {
     Ok(())
 }
 
+/// A role that logs in to the primary without a password (`trust` in the harness's
+/// pg_hba.conf): the cheapest direct login, for the MD5 comparison.
+pub const TRUST_USER: &str = "pgm_trust";
+
 /// A client program (pgbench, psql) aimed at 127.0.0.1:`port` as `app`, without TLS.
 pub fn client(bin: &PgBin, program: &str, port: u16) -> Command {
+    client_as(bin, program, port, USER)
+}
+
+/// The same, as `user`.
+pub fn client_as(bin: &PgBin, program: &str, port: u16, user: &str) -> Command {
     let mut cmd = Command::new(bin.program(program));
     cmd.env("PGPASSWORD", PASSWORD)
         .env("PGSSLMODE", "disable")
         .env("LC_ALL", "C")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
         .stdin(Stdio::null());
     cmd
 }

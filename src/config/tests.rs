@@ -48,6 +48,9 @@ fn valid_file_parses_with_defaults_and_expansion() {
     assert_eq!(c.limits.startup_timeout, Duration::from_secs(3));
     assert_eq!(c.limits.client_idle_timeout, Duration::from_secs(600));
     assert_eq!(c.limits.connect_timeout, Limits::default().connect_timeout);
+    assert_eq!(c.pooling, Pooling::default());
+    assert_eq!(c.pooling.mode, PoolMode::Transaction);
+    assert_eq!(c.scram_iterations, 4096);
 }
 
 #[test]
@@ -78,6 +81,36 @@ fn each_mistake_is_reported_at_its_yaml_path() {
             "lat: 53.3",
             "lat: 153.3",
             "regions.eu-west.lat: latitude 153.3",
+        ),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\nscram_iterations: 0",
+            "scram_iterations: must be between 1 and 1000000",
+        ),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\npooling: { size: 0 }",
+            "pooling.size: must be at least 1",
+        ),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\npooling: { size: 2, min_idle: 3 }",
+            "pooling.min_idle: 3 is more than pooling.size (2)",
+        ),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\npooling: { wait_timeout: 0s }",
+            "pooling.wait_timeout: must be greater than 0s",
+        ),
+        (
+            "listen: 127.0.0.1:6432",
+            "listen: 127.0.0.1:6432\npooling: { mode: statement }",
+            "pooling.mode: unknown variant `statement`",
+        ),
+        (
+            "    replicas:",
+            "    pooling: { size: 0 }\n    replicas:",
+            "clusters.app.pooling.size: must be at least 1",
         ),
         (
             "port: 5433",

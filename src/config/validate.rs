@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use super::{BackendTls, Config, Node, Problem};
 
+/// Deriving each user's verifier takes this many HMACs at every load: beyond it, a typo.
+const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+
 /// More session threads than this is a typo, not a plan.
 const MAX_WORKERS: usize = 1024;
 
@@ -183,6 +186,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 "must be greater than 0s",
             ));
         }
+    }
+    if !(1..=MAX_SCRAM_ITERATIONS).contains(&config.scram_iterations) {
+        p.push(Problem::new(
+            "scram_iterations",
+            format!("must be between 1 and {MAX_SCRAM_ITERATIONS}"),
+        ));
     }
     check_pooling(&config.pooling, "pooling", &mut p);
     for (name, c) in &config.clusters {

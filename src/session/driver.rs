@@ -162,6 +162,7 @@ pub async fn run(
         };
         let read0 = can_read(Slot::Primary, &b.server_in[0]);
         let read1 = can_read(Slot::Replica, &b.server_in[1]);
+        let partial = engine.has_partial_batch() && b.client_in.is_empty();
         let Buffers {
             client_in,
             client_out,
@@ -169,7 +170,12 @@ pub async fn run(
             server_out: [out0, out1],
         } = &mut b;
         let [h0, h1] = &mut servers;
+        // Biased: servers first, then the client, then timers; the last branch runs only when
+        // nothing else is ready (backpressure keeps any side from starving the others).
         tokio::select! {
+            biased;
+            ev = server_io(h0, in0, out0, read0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
+            ev = server_io(h1, in1, out1, read1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
             ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, read_client, cx)) => {
                 match ev {
                     IoEvent::Closed(_) => break End::ClientGone,
@@ -182,8 +188,6 @@ pub async fn run(
                     }
                 }
             }
-            ev = server_io(h0, in0, out0, read0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
-            ev = server_io(h1, in1, out1, read1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
             (slot, node, r) = acquired(&mut acquiring) => {
                 acquiring = None;
                 match r {
@@ -213,6 +217,10 @@ pub async fn run(
             _ = drain.as_mut(), if !draining => draining = true,
             _ = hard_stop.as_mut() => break End::Shutdown,
             _ = idle.as_mut(), if idle_enabled && quiescent => break End::IdleTimeout,
+            // The client went quiet in the middle of a batch (pipeline mode without Sync).
+            _ = std::future::ready(()), if partial => {
+                with_env(h, |env| engine.flush_partial(&mut b, env));
+            }
         }
         for kind in engine.take_errors() {
             h.metrics.error(kind);

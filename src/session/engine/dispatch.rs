@@ -99,6 +99,20 @@ impl Engine {
         }
     }
 
+    /// The client has sent all it has for now, in the middle of a batch (libpq pipeline mode
+    /// sends no Sync or Flush until it wants to): PostgreSQL would run what it got, so the
+    /// partial batch goes out now; the rest follows it to the same connection.
+    pub fn flush_partial(&mut self, b: &mut Buffers, env: &Env) {
+        if self.held.is_none() && self.end.is_none() && !self.batch.is_empty() {
+            self.dispatch(b, env);
+        }
+    }
+
+    /// A batch is half built and waits for the client's next message.
+    pub fn has_partial_batch(&self) -> bool {
+        !self.batch.is_empty() && self.held.is_none()
+    }
+
     pub(super) fn end_with(&mut self, e: ClientError) {
         if self.end.is_none() {
             self.end = Some(End::ClientError(e));
