@@ -241,13 +241,51 @@ impl Pool {
         self.lock().config.clone()
     }
 
+    /// Whether a reload removed this pool (sessions then ask `Pools::get` for the new one).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// A lease without waiting, for the common case: a free place and an idle connection on
+    /// this thread, used recently and quiet since. `None`: take [`Pool::acquire`].
+    pub fn try_acquire_now(self: &Arc<Self>) -> Option<Lease> {
+        if self.is_retired() {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let here = crate::server::current_lane();
+        let found = {
+            let mut inner = self.lock();
+            let fresh = inner
+                .idle
+                .iter()
+                .rposition(|c| c.home == here && c.last_used.elapsed() < CHECK_AFTER_IDLE);
+            fresh.map(|i| inner.idle.remove(i))
+        };
+        let Some(mut conn) = found else {
+            self.give_back_permit(permit);
+            return None;
+        };
+        self.metrics.idle.dec();
+        match conn.drain_unsolicited() {
+            Ok(()) => Some(self.leased(conn, permit)),
+            Err(reason) => {
+                tracing::debug!(node = %self.node, %reason, "idle server connection is gone; closing it");
+                self.lock().open -= 1;
+                self.closed(CloseReason::Broken);
+                self.give_back_permit(permit);
+                None
+            }
+        }
+    }
+
     /// Leases a server connection: an idle one (checked first), else a new login, waiting up to
     /// `wait_timeout` for a free place.
     pub async fn acquire(
         self: &Arc<Self>,
         connect_timeout: Duration,
     ) -> Result<Lease, AcquireError> {
-        if self.retired.load(Ordering::Relaxed) {
+        if self.is_retired() {
             return Err(AcquireError::Closed(self.node.to_string()));
         }
         let wait_timeout = self.lock().config.wait_timeout;
@@ -337,7 +375,8 @@ impl Pool {
         self.lease_ended(lease.pinned);
         let conn = std::mem::replace(&mut lease.conn, ServerConn::placeholder());
         drop(lease);
-        let lifetime = self.lock().config.lifetime;
+        let mut inner = self.lock();
+        let lifetime = inner.config.lifetime;
         let reason = if !reuse {
             Some(CloseReason::Discarded)
         } else if self.retired.load(Ordering::Relaxed) {
@@ -347,20 +386,27 @@ impl Pool {
         } else {
             None
         };
+        if inner.owed > 0 {
+            inner.owed -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
+        }
         match reason {
             Some(reason) => {
-                self.lock().open -= 1;
+                inner.open -= 1;
+                drop(inner);
                 self.closed(reason);
                 conn.close();
             }
             None => {
                 let mut conn = conn;
                 conn.last_used = Instant::now();
-                self.lock().idle.push(conn);
+                inner.idle.push(conn);
+                drop(inner);
                 self.metrics.idle.inc();
             }
         }
-        self.give_back_permit(permit);
     }
 
     fn lease_ended(&self, pinned: bool) {

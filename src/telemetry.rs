@@ -2,23 +2,46 @@
 //! `PGMERIDIAN_LOG` environment variable (a tracing filter; default `info`). Span field names
 //! used across the crate: the `session` span carries `id`, `client`, `via`, `cluster`, `geo`.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; call once, before anything logs.
+///
+/// A filter made of `target=level` directives (the usual case) is applied per layer with
+/// `Targets`, which costs nothing when a span is entered; filters that select spans or fields
+/// (`[span{field=…}]`) need `EnvFilter`, which takes a lock at every span entry (every poll of a
+/// session's task).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PGMERIDIAN_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        // Each line: timestamp, level, fields, target, the innermost span and the span list.
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
+    let spec = std::env::var("PGMERIDIAN_LOG").unwrap_or_else(|_| "info".into());
+    let targets = (!spec.contains(['[', '{']))
+        .then(|| spec.parse::<Targets>().ok())
+        .flatten();
+    let layer = |json: bool| {
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        if json {
+            // Each line: timestamp, level, fields, target, the innermost span and the span list.
+            fmt.json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .boxed()
+        } else {
+            fmt.boxed()
+        }
+    };
+    let json = format == LogFormat::Json;
+    match targets {
+        Some(t) => tracing_subscriber::registry()
+            .with(layer(json).with_filter(t))
             .init(),
+        None => {
+            let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+            tracing_subscriber::registry()
+                .with(layer(json).with_filter(filter))
+                .init()
+        }
     }
 }

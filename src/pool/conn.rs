@@ -64,7 +64,7 @@ pub struct ServerConn {
     pub stream: Stream,
     /// Bytes read from the socket but not consumed (only ever between messages).
     pub rbuf: BytesMut,
-    pub state: Option<ServerState>,
+    pub state: Option<Box<ServerState>>,
     /// The session thread whose runtime the socket is registered with (`None`: the main one).
     pub home: Option<usize>,
     pub created: Instant,
@@ -85,7 +85,7 @@ impl ServerConn {
             ServerConn {
                 stream: conn.io.io,
                 rbuf: conn.io.rbuf,
-                state: Some(state),
+                state: Some(Box::new(state)),
                 home: crate::server::current_lane(),
                 created: now,
                 last_used: now,
@@ -142,11 +142,17 @@ impl ServerConn {
 
     /// Reads, without waiting, whatever an idle server sent: ParameterStatus and notices are
     /// dropped (the next session replays its own settings), a FATAL or EOF is an error.
-    fn drain_unsolicited(&mut self) -> Result<(), String> {
+    pub(super) fn drain_unsolicited(&mut self) -> Result<(), String> {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
+        if let Stream::Plain(tcp) = &self.stream {
+            // The common case: nothing arrived. Readiness says so without a read.
+            if tcp.poll_read_ready(&mut cx).is_pending() {
+                return Ok(());
+            }
+        }
         loop {
-            let mut chunk = [0u8; 4096];
+            let mut chunk = [0u8; 512];
             let mut rb = ReadBuf::new(&mut chunk);
             match std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut rb) {
                 Poll::Pending => break,

@@ -26,8 +26,13 @@ pub struct StatementDef {
     pub body: Bytes,
     pub class: Class,
     pub hint: Option<Hint>,
-    /// Hash of the SQL text alone (learned writes).
-    pub shape: u64,
+}
+
+impl StatementDef {
+    /// What learned writes know the statement by.
+    pub fn shape(&self) -> u64 {
+        self.key as u64
+    }
 }
 
 impl StatementDef {
@@ -141,8 +146,6 @@ pub struct Batch {
     pub simple_query: bool,
     /// A session setting the batch executes, and the SQL to replay it elsewhere.
     pub setting: Option<(Setting, Arc<str>)>,
-    /// Hashes of the SQL texts the batch executes (to learn them as writes).
-    pub shapes: Vec<u64>,
     /// Combined class of the statements the batch Parses: decides where a batch that goes out
     /// before its Sync (after Flush) must run, since its Bind/Execute follow it there.
     pub parse_class: Option<Class>,
@@ -154,28 +157,48 @@ pub struct Batch {
     pub inert: bool,
 }
 
-/// Classifies `sql`, overriding a read with Write when replicas have refused this text before.
-/// Text that is not UTF-8 cannot be read, so it is a write (fail closed).
+/// Classifies `sql`, overriding a read with Write when replicas have refused this text
+/// (`shape`, computed only when something was learned) before. Text that is not UTF-8 cannot
+/// be read, so it is a write (fail closed).
 fn classify_learned(
     sql: &[u8],
+    shape: impl FnOnce() -> u64,
     writes: &WriteFunctions,
     learned: &LearnedWrites,
-) -> (crate::classify::Classified, u64) {
-    let shape = hash_of(sql);
+) -> crate::classify::Classified {
     let Ok(text) = std::str::from_utf8(sql) else {
-        let c = crate::classify::Classified {
+        return crate::classify::Classified {
             class: Class::Write,
             hint: None,
         };
-        return (c, shape);
     };
     let mut c = classify(text, writes);
     if matches!(c.class, Class::Read | Class::Empty | Class::Begin { .. })
-        && learned.contains(shape)
+        && !learned.is_empty()
+        && learned.contains(shape())
     {
         c.class = Class::Write;
     }
-    (c, shape)
+    c
+}
+
+/// The shapes (learned-write identities) of what a batch executes.
+pub fn shapes(batch: &Batch) -> Vec<u64> {
+    batch
+        .msgs
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Raw(raw) if raw[0] == tag::QUERY => {
+                read_cstr(frame::body(raw)).map(|(sql, _)| hash_of(sql))
+            }
+            Msg::Uses {
+                stmt: Use::Named { def: Some(d), .. } | Use::Unnamed(Some(d)),
+                raw,
+                ..
+            } if raw[0] == tag::BIND => Some(d.shape()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Batch {
@@ -242,11 +265,14 @@ pub fn add(
     let (step, m) = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
-            let (c, shape) = classify_learned(sql, ctx.writes, ctx.learned);
-            batch.shapes.push(shape);
-            batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
-            if let (Class::Session(s), Ok(text)) = (&c.class, std::str::from_utf8(sql)) {
-                batch.setting = Some((s.clone(), Arc::from(text)));
+            let c = classify_learned(sql, || hash_of(sql), ctx.writes, ctx.learned);
+            if sql.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'd')) {
+                batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
+            }
+            if let Class::Session(s) = &c.class {
+                if let Ok(text) = std::str::from_utf8(sql) {
+                    batch.setting = Some((s.clone(), Arc::from(text)));
+                }
             }
             batch.add_class(&c.class, c.hint);
             batch.simple_query = true;
@@ -262,13 +288,13 @@ pub fn add(
             let (name, rest) = read_cstr(body).ok_or("malformed Parse message")?;
             let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
             let name = String::from_utf8_lossy(name).into_owned();
-            let (c, shape) = classify_learned(sql, ctx.writes, ctx.learned);
+            let key = key_of(rest);
+            let c = classify_learned(sql, || key as u64, ctx.writes, ctx.learned);
             let def = Arc::new(StatementDef {
-                key: key_of(rest),
+                key,
                 body: msg.slice_ref(rest),
                 class: c.class,
                 hint: c.hint,
-                shape,
             });
             batch.extended = true;
             batch.parse_class = Some(match batch.parse_class.take() {
@@ -307,7 +333,6 @@ pub fn add(
                             batch.setting = Some((setting.clone(), Arc::from(text)));
                         }
                     }
-                    batch.shapes.push(d.shape);
                     batch.add_class(&d.class.clone(), d.hint);
                 }
                 // Unknown to us: the server (or the proxy) answers with the error.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::engine::{Action, Buffers, End, Engine, Env, Slot};
 use super::Handles;
 use crate::error::{sqlstate, ClientError};
-use crate::pool::{AcquireError, Lease};
+use crate::pool::{AcquireError, Lease, Pool};
 use crate::stream::Stream;
 
 /// Stop reading a side while this much is queued for the other (backpressure).
@@ -37,6 +37,39 @@ enum IoEvent {
     Read,
     Wrote,
     Closed(String),
+}
+
+/// What the proxy's shutdown asks of a session.
+#[derive(Debug)]
+enum Stop {
+    /// Finish what is open, then close.
+    Drain,
+    /// Close now.
+    Now,
+}
+
+/// A small task that turns the shutdown tokens into messages for the session: a channel
+/// receiver is a cheap thing to poll on every turn of the loop, a cancellation token is not
+/// (each poll takes its locks).
+fn watch_shutdown(
+    h: &Handles,
+) -> (
+    tokio::sync::mpsc::Receiver<Stop>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (drain, hard) = (h.drain.clone(), h.hard_stop.clone());
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = drain.cancelled() => {
+                let _ = tx.send(Stop::Drain).await;
+            }
+            _ = hard.cancelled() => {}
+        }
+        hard.cancelled().await;
+        let _ = tx.send(Stop::Now).await;
+    });
+    (rx, task)
 }
 
 /// A socket with its write-side flush state.
@@ -139,15 +172,22 @@ pub async fn run(
     };
     let mut servers: [Option<Held>; 2] = [None, None];
     let mut acquiring: Option<Acquiring> = None;
+    let mut pools = PoolCache::default();
     let idle_timeout = h.topology.load().limits.client_idle_timeout;
     let idle_enabled = !idle_timeout.is_zero();
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
-    let mut drain = pin!(h.drain.cancelled());
-    let mut hard_stop = pin!(h.hard_stop.cancelled());
+    let (mut stop, watcher) = watch_shutdown(h);
     let mut draining = false;
     with_env(h, |env| engine.on_client_input(&mut b, env));
     let end = loop {
-        perform(&mut engine, &mut servers, &mut acquiring, &mut b, h);
+        perform(
+            &mut engine,
+            &mut servers,
+            &mut acquiring,
+            &mut pools,
+            &mut b,
+            h,
+        );
         if let Some(end) = engine.take_end() {
             break end;
         }
@@ -191,17 +231,7 @@ pub async fn run(
             (slot, node, r) = acquired(&mut acquiring) => {
                 acquiring = None;
                 match r {
-                    Ok(mut lease) => {
-                        let Some(state) = lease.conn.state.take() else { continue };
-                        let sock = Sock {
-                            stream: std::mem::replace(&mut lease.conn.stream, Stream::Detached),
-                            flush: false,
-                        };
-                        // An idle connection is handed over between messages: nothing unread.
-                        lease.conn.rbuf.clear();
-                        servers[slot.index()] = Some(Held { lease, sock });
-                        with_env(h, |env| engine.on_acquired(slot, Box::new(state), &mut b, env));
-                    }
+                    Ok(lease) => install(&mut engine, &mut servers, slot, lease, &mut b, h),
                     Err(e) => {
                         if let AcquireError::Connect(c) = &e {
                             if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
@@ -214,8 +244,10 @@ pub async fn run(
                     }
                 }
             }
-            _ = drain.as_mut(), if !draining => draining = true,
-            _ = hard_stop.as_mut() => break End::Shutdown,
+            Some(s) = stop.recv() => match s {
+                Stop::Drain => draining = true,
+                Stop::Now => break End::Shutdown,
+            },
             _ = idle.as_mut(), if idle_enabled && quiescent => break End::IdleTimeout,
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
@@ -226,18 +258,26 @@ pub async fn run(
             h.metrics.error(kind);
         }
     };
+    watcher.abort();
     for kind in engine.take_errors() {
         h.metrics.error(kind);
     }
     count_end(&end, h);
     engine.finish(&mut b);
-    perform(&mut engine, &mut servers, &mut acquiring, &mut b, h);
+    perform(
+        &mut engine,
+        &mut servers,
+        &mut acquiring,
+        &mut pools,
+        &mut b,
+        h,
+    );
     close_client(&end, &mut client.stream, &mut b.client_out).await;
     end
 }
 
 fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
-    let topology = h.topology.load_full();
+    let topology = h.topology.load();
     let health = h.health.load();
     let env = Env {
         topology: &topology,
@@ -257,18 +297,67 @@ fn on_server_event(engine: &mut Engine, slot: Slot, ev: IoEvent, b: &mut Buffers
     }
 }
 
+/// The pools this session has used, by node (saves the shared map's lock per transaction).
+#[derive(Default)]
+struct PoolCache(Vec<(usize, Arc<Pool>)>);
+
+impl PoolCache {
+    fn get(
+        &mut self,
+        node: &Arc<crate::topology::NodeSpec>,
+        engine: &Engine,
+        h: &Handles,
+    ) -> Arc<Pool> {
+        let key = Arc::as_ptr(node) as usize;
+        if let Some((_, p)) = self.0.iter().find(|(k, p)| *k == key && !p.is_retired()) {
+            return p.clone();
+        }
+        let pool = h.pools.get(node, &engine.user, &engine.cluster.pooling);
+        self.0.retain(|(k, _)| *k != key);
+        self.0.push((key, pool.clone()));
+        pool
+    }
+}
+
+/// Takes a lease into the session: its socket to the driver, its state to the engine.
+fn install(
+    engine: &mut Engine,
+    servers: &mut [Option<Held>; 2],
+    slot: Slot,
+    mut lease: Lease,
+    b: &mut Buffers,
+    h: &Handles,
+) {
+    let Some(state) = lease.conn.state.take() else {
+        return;
+    };
+    let sock = Sock {
+        stream: std::mem::replace(&mut lease.conn.stream, Stream::Detached),
+        flush: false,
+    };
+    // An idle connection is handed over between messages: nothing unread.
+    lease.conn.rbuf.clear();
+    servers[slot.index()] = Some(Held { lease, sock });
+    with_env(h, |env| engine.on_acquired(slot, state, b, env));
+}
+
 /// Carries out what the engine asked for.
 fn perform(
     engine: &mut Engine,
     servers: &mut [Option<Held>; 2],
     acquiring: &mut Option<Acquiring>,
+    cache: &mut PoolCache,
     b: &mut Buffers,
     h: &Handles,
 ) {
     while let Some(action) = engine.next_action() {
         match action {
             Action::Acquire { slot, node } => {
-                let pool = h.pools.get(&node, &engine.user, &engine.cluster.pooling);
+                let pool = cache.get(&node, engine, h);
+                if let Some(lease) = pool.try_acquire_now() {
+                    install(engine, servers, slot, lease, b, h);
+                    continue;
+                }
                 let timeout = h.topology.load().limits.connect_timeout;
                 let fut = Box::pin(async move { pool.acquire(timeout).await });
                 *acquiring = Some((slot, node, fut));
@@ -277,7 +366,7 @@ fn perform(
                 if let Some(held) = servers[slot.index()].take() {
                     let Held { mut lease, sock } = held;
                     lease.conn.stream = sock.stream;
-                    lease.conn.state = Some(*state);
+                    lease.conn.state = Some(state);
                     let pool = lease.pool.clone();
                     pool.release(lease, reuse);
                 }

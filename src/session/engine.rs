@@ -110,7 +110,7 @@ pub struct Buffers {
 pub struct Env<'a> {
     /// The live topology (a reload is followed between transactions).
     pub topology: &'a Arc<Topology>,
-    pub health: &'a Health,
+    pub health: &'a Arc<Health>,
     pub metrics: &'a Metrics,
     pub learned: &'a LearnedWrites,
     pub now: Instant,
@@ -234,6 +234,13 @@ pub struct Engine {
     pub(crate) actions: VecDeque<Action>,
     pub(crate) end: Option<End>,
     pub(crate) obs: observe::Obs,
+    /// The last health snapshot seen, for this cluster: (snapshot, spec, aligned state).
+    #[allow(clippy::type_complexity)]
+    pub(crate) health_cache: Option<(
+        Arc<Health>,
+        Arc<ClusterSpec>,
+        Option<Arc<crate::health::ClusterHealth>>,
+    )>,
 }
 
 impl Engine {
@@ -260,6 +267,7 @@ impl Engine {
             actions: VecDeque::new(),
             end: None,
             obs: observe::Obs::default(),
+            health_cache: None,
         }
     }
 

@@ -26,6 +26,11 @@ impl LearnedWrites {
                 .contains(&shape)
     }
 
+    /// Nothing learned yet (the usual case: no hashing needed).
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Relaxed)
+    }
+
     pub fn learn(&self, shape: u64) {
         let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
         if set.len() < LEARNED_MAX {

@@ -49,14 +49,19 @@ fn learned_shapes_turn_reads_into_writes() {
     )
     .unwrap();
     assert_eq!(b.class, Some(Class::Read));
-    learned.learn(b.shapes[0]);
+    learned.learn(shapes(&b)[0]);
     let mut b = Batch::default();
     add(&mut b, &mut Statements::default(), q, &ctx(&w, &learned)).unwrap();
     assert_eq!(b.class, Some(Class::Write));
-    // Extended protocol: the same text prepared is a write too.
+    // Extended protocol: a prepared statement refused once is a write from then on.
     let mut b = Batch::default();
     let mut st = Statements::default();
     let c = ctx(&w, &learned);
+    add(&mut b, &mut st, parse("", "select my_writer()"), &c).unwrap();
+    add(&mut b, &mut st, bind(""), &c).unwrap();
+    assert_eq!(b.class, Some(Class::Read));
+    learned.learn(shapes(&b)[0]);
+    let mut b = Batch::default();
     add(&mut b, &mut st, parse("", "select my_writer()"), &c).unwrap();
     add(&mut b, &mut st, bind(""), &c).unwrap();
     assert_eq!(b.class, Some(Class::Write));

@@ -223,8 +223,8 @@ impl Engine {
             let mut batch = retry;
             // It wrote: read-your-writes applies once it has run on the primary.
             batch.class = Some(Class::Write);
-            for shape in &batch.shapes {
-                env.learned.learn(*shape);
+            for shape in super::super::batch::shapes(&batch) {
+                env.learned.learn(shape);
             }
             self.held_after_retry = self.held.take();
             self.held = Some(Held::Forward {
@@ -334,10 +334,8 @@ impl Engine {
         self.route.requirement = match self.topology.routing.read_your_writes {
             ReadYourWrites::Lsn => Requirement::AwaitingSample(now),
             ReadYourWrites::Window => {
-                let lag = env
-                    .health
-                    .clusters
-                    .get(&self.cluster.name)
+                let lag = self
+                    .cluster_health(env)
                     .map(|c| {
                         c.replicas
                             .iter()

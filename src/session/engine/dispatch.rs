@@ -497,11 +497,7 @@ impl Engine {
         hint: Option<Hint>,
         env: &Env,
     ) -> Result<(Target, Reason), ClientError> {
-        let cluster_health = env
-            .health
-            .clusters
-            .get(&self.cluster.name)
-            .map(|h| h.aligned_to(&self.cluster));
+        let cluster_health = self.cluster_health(env);
         if let Some(h) = &cluster_health {
             self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
         }
@@ -529,12 +525,8 @@ impl Engine {
     }
 
     /// The node acting as primary now (a promoted replica after a failover).
-    pub(super) fn effective_primary(&self, env: &Env) -> Result<Arc<NodeSpec>, ClientError> {
-        let view = env
-            .health
-            .clusters
-            .get(&self.cluster.name)
-            .map(|h| h.aligned_to(&self.cluster).primary_view());
+    pub(super) fn effective_primary(&mut self, env: &Env) -> Result<Arc<NodeSpec>, ClientError> {
+        let view = self.cluster_health(env).map(|h| h.primary_view());
         match view {
             None | Some(PrimaryView::Unknown) | Some(PrimaryView::One(0)) => {
                 Ok(self.cluster.primary.clone())
@@ -550,6 +542,26 @@ impl Engine {
                 Err(refusal(&self.cluster.name, Reason::PrimaryConflict))
             }
         }
+    }
+
+    /// This cluster's observed state laid out like its spec, computed once per published health
+    /// snapshot (the probes publish every `health.interval`; batches come far more often).
+    pub(super) fn cluster_health(
+        &mut self,
+        env: &Env,
+    ) -> Option<Arc<crate::health::ClusterHealth>> {
+        if let Some((health, spec, aligned)) = &self.health_cache {
+            if Arc::ptr_eq(health, env.health) && Arc::ptr_eq(spec, &self.cluster) {
+                return aligned.clone();
+            }
+        }
+        let aligned = env
+            .health
+            .clusters
+            .get(&self.cluster.name)
+            .map(|h| h.aligned_to(&self.cluster));
+        self.health_cache = Some((env.health.clone(), self.cluster.clone(), aligned.clone()));
+        aligned
     }
 
     /// Goes on with what waits once something finished: a held batch, then queued client

@@ -74,12 +74,12 @@ pub enum Kind {
     /// ReadyForQuery. `ignored`: the server received it during COPY FROM and will answer the
     /// client's next Sync instead.
     Sync {
-        unit: Box<Unit>,
+        unit: Unit,
         ignored: bool,
     },
     /// A simple Query or FunctionCall: everything until ReadyForQuery (errors do not skip).
     Query {
-        unit: Box<Unit>,
+        unit: Unit,
     },
     /// Not the server's: given to the client when it reaches the front.
     Synthetic(Bytes),
@@ -111,7 +111,7 @@ pub struct Outcome {
     /// Send these bytes to the client instead of the message.
     pub replace: Option<Bytes>,
     /// A ReadyForQuery ended a unit.
-    pub ready: Option<(TxnStatus, Box<Unit>)>,
+    pub ready: Option<(TxnStatus, Unit)>,
     /// An error answered a client message (for the safety net).
     pub client_error: Option<ErrorFields>,
     /// The server sent something that fits nothing it owes: do not reuse it.

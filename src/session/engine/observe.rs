@@ -3,7 +3,6 @@
 //! client, and the per-batch routing log line. Bookkeeping only: nothing here changes where a
 //! batch goes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,11 +22,16 @@ pub(crate) struct WritePin {
     held_reads: bool,
 }
 
+/// One cached `routed_batches_total` series: (slot, reason, node address), the node (kept
+/// alive so its address is not reused), the counter.
+type RoutedSeries = ((Slot, Reason, usize), Arc<NodeSpec>, prometheus::IntCounter);
+
 #[derive(Default)]
 pub(crate) struct Obs {
     /// `pgmeridian_routed_batches_total` handles this session has used, keyed by slot, reason
     /// and node (the entry holds the node, so its address is not reused while cached).
-    routed: HashMap<(Slot, Reason, usize), (Arc<NodeSpec>, prometheus::IntCounter)>,
+    /// A short list: a session meets few (node, reason) pairs, and a scan beats hashing.
+    routed: Vec<RoutedSeries>,
     /// Counts the session in `pgmeridian_pinned_sessions` once it is pinned.
     pin_gauge: Option<GaugeGuard>,
     pub(crate) write_pin: WritePin,
@@ -45,20 +49,20 @@ impl Obs {
         reason: Reason,
         node: &Arc<NodeSpec>,
     ) {
-        self.routed
-            .entry((slot, reason, Arc::as_ptr(node) as usize))
-            .or_insert_with(|| {
-                let counter = env.metrics.routed.with_label_values(&[
-                    cluster,
-                    slot.role().as_str(),
-                    node.label(),
-                    reason.as_str(),
-                    geo.as_str(),
-                ]);
-                (node.clone(), counter)
-            })
-            .1
-            .inc();
+        let key = (slot, reason, Arc::as_ptr(node) as usize);
+        if let Some((_, _, counter)) = self.routed.iter().find(|(k, _, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let counter = env.metrics.routed.with_label_values(&[
+            cluster,
+            slot.role().as_str(),
+            node.label(),
+            reason.as_str(),
+            geo.as_str(),
+        ]);
+        counter.inc();
+        self.routed.push((key, node.clone(), counter));
     }
 
     pub(crate) fn count_error(&mut self, kind: ErrorKind) {

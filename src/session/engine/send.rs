@@ -74,13 +74,9 @@ impl Engine {
                     proxy: Some(ProxyUnit::Settings),
                     ..Unit::default()
                 };
-                server.owed.push(
-                    Kind::Query {
-                        unit: Box::new(unit),
-                    },
-                    Origin::Proxy,
-                    Effect::default(),
-                );
+                server
+                    .owed
+                    .push(Kind::Query { unit }, Origin::Proxy, Effect::default());
                 server.state.settings = Some(self.settings.list().clone());
                 server.state.unnamed = None;
             }
@@ -159,7 +155,7 @@ fn evict(server: &mut Server, batch: &Batch, max: usize, out: &mut BytesMut) {
     };
     server.owed.push(
         Kind::Sync {
-            unit: Box::new(unit),
+            unit,
             ignored: false,
         },
         Origin::Proxy,
@@ -171,7 +167,7 @@ fn evict(server: &mut Server, batch: &Batch, max: usize, out: &mut BytesMut) {
 fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut BytesMut) {
     server.state.tick += 1;
     let tick = server.state.tick;
-    let mut unit = Some(Box::new(unit));
+    let mut unit = Some(unit);
     let n = batch.msgs.len();
     for (i, m) in batch.msgs.iter().enumerate() {
         let last = i + 1 == n;
@@ -290,11 +286,11 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut Byte
 }
 
 /// The unit goes with the batch's last message (the one answered by ReadyForQuery).
-fn take_unit(unit: &mut Option<Box<Unit>>, last: bool) -> Box<Unit> {
+fn take_unit(unit: &mut Option<Unit>, last: bool) -> Unit {
     if last {
         unit.take().unwrap_or_default()
     } else {
-        Box::default()
+        Unit::default()
     }
 }
 
