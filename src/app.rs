@@ -36,6 +36,8 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
+    /// Bumped when a session runs DDL: pooled statements are prepared afresh after it.
+    pub schema_epoch: std::sync::atomic::AtomicU64,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed backend connects by sessions since the last probe round.
     pub connect_failures: crate::health::ConnectFailures,
@@ -57,6 +59,7 @@ impl Shared {
             health: &self.health,
             metrics: &self.metrics,
             learned: &self.learned_writes,
+            schema_epoch: &self.schema_epoch,
             pools: &self.pools,
             drain: &self.drain,
             hard_stop: &self.hard_stop,
@@ -118,6 +121,7 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
+            schema_epoch: Default::default(),
             connect_failures: Default::default(),
             metrics,
         })

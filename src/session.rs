@@ -30,6 +30,8 @@ pub struct Handles<'s> {
     pub health: &'s arc_swap::ArcSwap<crate::health::Health>,
     pub metrics: &'s crate::metrics::Metrics,
     pub learned: &'s LearnedWrites,
+    /// See [`engine::Env::schema_epoch`].
+    pub schema_epoch: &'s std::sync::atomic::AtomicU64,
     pub pools: &'s crate::pool::Pools,
     pub drain: &'s tokio_util::sync::CancellationToken,
     pub hard_stop: &'s tokio_util::sync::CancellationToken,

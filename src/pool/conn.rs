@@ -34,9 +34,9 @@ pub struct ServerState {
     /// The backend's own process id and cancel key.
     pub pid: i32,
     pub key: i32,
-    /// Proxy-wide prepared statements (by statement key) this connection has, with the tick of
-    /// their last use (for least-recently-used eviction).
-    pub prepared: HashMap<u128, u64>,
+    /// Proxy-wide prepared statements this connection has, by (statement key, schema epoch it
+    /// was prepared in), with the tick of their last use (least-recently-used eviction).
+    pub prepared: HashMap<(u128, u64), u64>,
     pub tick: u64,
     /// The statement key of what the unnamed prepared statement holds, if known.
     pub unnamed: Option<u128>,

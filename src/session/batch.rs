@@ -35,15 +35,11 @@ impl StatementDef {
     }
 }
 
-impl StatementDef {
-    /// The name the statement has on server connections.
-    pub fn server_name(&self) -> String {
-        server_name(self.key)
-    }
-}
-
-pub fn server_name(key: u128) -> String {
-    format!("pgm_{key:032x}")
+/// The name a statement has on server connections: its key and the schema epoch it was
+/// prepared in (after DDL, statements are prepared afresh under new names, since a
+/// statement's inferred parameter and result types may have changed with the schema).
+pub fn server_name(key: u128, epoch: u64) -> String {
+    format!("pgm_{key:032x}_{epoch:x}")
 }
 
 /// Two process-wide random hash keys: collisions can be neither predicted nor met by chance.

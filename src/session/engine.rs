@@ -113,6 +113,8 @@ pub struct Env<'a> {
     pub health: &'a Arc<Health>,
     pub metrics: &'a Metrics,
     pub learned: &'a LearnedWrites,
+    /// Bumped whenever a session runs DDL: server statements prepared before are not reused.
+    pub schema_epoch: &'a std::sync::atomic::AtomicU64,
     pub now: Instant,
 }
 
@@ -231,6 +233,8 @@ pub struct Engine {
     pub(crate) txn_wrote: bool,
     /// The batch in flight may open a transaction: pipelined batches behind it follow it.
     pub(crate) txn_may_be_opening: bool,
+    /// The open transaction ran DDL (the schema epoch moves again when it ends).
+    pub(crate) txn_changed_schema: bool,
     pub(crate) actions: VecDeque<Action>,
     pub(crate) end: Option<End>,
     pub(crate) obs: observe::Obs,
@@ -264,6 +268,7 @@ impl Engine {
             route: SessionRoute::default(),
             txn_wrote: false,
             txn_may_be_opening: false,
+            txn_changed_schema: false,
             actions: VecDeque::new(),
             end: None,
             obs: observe::Obs::default(),

@@ -162,6 +162,11 @@ pub async fn greeting(
             params
         }
     };
+    tracing::debug!(
+        checked = needs_check,
+        reported = reported.len(),
+        "greeting from the pool's parameters"
+    );
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = base.to_vec();
     for (k, v) in reported {
         match out.iter_mut().find(|(n, _)| *n == k) {
@@ -219,15 +224,12 @@ async fn apply(
     let Some(state) = lease.conn.state.as_mut() else {
         return Ok(Vec::new());
     };
-    let Some(sql) = settings.replay_sql(state.settings.as_ref()) else {
+    // The server reports a parameter only when its value changed by the end of a query, and
+    // this connection may hold the value a former session set: RESET ALL runs as a query of
+    // its own (reporting what it changes back), then the client's settings (reporting theirs).
+    let Some(sql) = settings.replay_sql(Some(&std::sync::Arc::from(Vec::new()))) else {
         return Ok(Vec::new());
     };
-    let mut request = BytesMut::new();
-    let _ = postgres_protocol::message::frontend::query(&sql, &mut request);
-    let stream = std::mem::replace(&mut lease.conn.stream, crate::stream::Stream::Detached);
-    let mut io = crate::wire::MessageIo::new(stream);
-    let answer = tokio::time::timeout(timeout, io.exchange(&request)).await;
-    lease.conn.stream = io.io;
     let lost = |reason: String| {
         ClientError::fatal(
             sqlstate::CONNECTION_FAILURE,
@@ -235,11 +237,25 @@ async fn apply(
         )
         .with_kind(ErrorKind::BackendLost)
     };
-    let msgs = match answer {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return Err(lost(e.to_string())),
-        Err(_) => return Err(lost("no answer".into())),
-    };
+    let stream = std::mem::replace(&mut lease.conn.stream, crate::stream::Stream::Detached);
+    let mut io = crate::wire::MessageIo::new(stream);
+    let mut msgs = Vec::new();
+    for step in ["RESET ALL", sql.as_str()] {
+        let mut request = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(step, &mut request);
+        match tokio::time::timeout(timeout, io.exchange(&request)).await {
+            Ok(Ok(m)) => msgs.extend(m),
+            Ok(Err(e)) => {
+                lease.conn.stream = io.io;
+                return Err(lost(e.to_string()));
+            }
+            Err(_) => {
+                lease.conn.stream = io.io;
+                return Err(lost("no answer".into()));
+            }
+        }
+    }
+    lease.conn.stream = io.io;
     state.unnamed = None;
     let mut values = Vec::new();
     for m in &msgs {

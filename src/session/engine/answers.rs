@@ -16,6 +16,17 @@ use crate::protocol::frame::{self, peek_header};
 use crate::protocol::tag::backend as btag;
 use crate::route::{self, Requirement, Target};
 
+/// A CommandComplete tag of DDL, after which statements prepared earlier may be stale.
+fn changes_schema(tag: &[u8]) -> bool {
+    tag.starts_with(b"CREATE") || tag.starts_with(b"ALTER") || tag.starts_with(b"DROP")
+}
+
+/// The errors a statement prepared before a schema change gets when reused after it.
+fn stale_statement(e: &ErrorFields) -> bool {
+    (e.code == "XX000" && e.message.starts_with("cache lookup failed"))
+        || (e.code == "0A000" && e.message.starts_with("cached plan must not change"))
+}
+
 /// Bulk messages streamed without being buffered whole.
 fn streamed(tag: u8) -> bool {
     matches!(tag, b'D' | b'd')
@@ -136,10 +147,17 @@ impl Engine {
         b: &mut Buffers,
         env: &Env,
     ) {
+        let tag = msg[0];
+        if tag == b'C' && changes_schema(frame::body(msg)) {
+            // Other sessions' statements prepared before this may mean something else now;
+            // again at the end of the transaction, once the change is visible to all.
+            env.schema_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.txn_changed_schema = true;
+        }
         let Some(server) = self.server_mut(slot) else {
             return;
         };
-        let tag = msg[0];
         let unsolicited = tag == btag::ERROR_RESPONSE
             && outcome.sink == Some(Sink::Drop)
             && server.owed.queue.is_empty();
@@ -182,6 +200,12 @@ impl Engine {
     /// Acts on what a message meant for the session: the safety net, transaction state.
     fn on_outcome(&mut self, slot: Slot, outcome: Outcome, env: &Env) {
         if let Some(e) = &outcome.client_error {
+            if stale_statement(e) {
+                // A schema change the proxy did not see (made behind its back): statements are
+                // prepared afresh from now on.
+                env.schema_epoch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.on_client_error(slot, e);
         }
         if let Some((status, unit)) = outcome.ready {
@@ -249,6 +273,10 @@ impl Engine {
         };
         match status {
             TxnStatus::Idle => {
+                if std::mem::take(&mut self.txn_changed_schema) {
+                    env.schema_epoch
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if slot == Slot::Primary && (unit.wrote || self.txn_wrote) {
                     self.after_write(env);
                 }

@@ -32,8 +32,17 @@ pub enum Origin {
 pub struct Effect {
     /// The client's statement name and definition number.
     pub defines: Option<(String, u64)>,
-    /// The server's statement key (`true`: the unnamed statement).
-    pub server_has: Option<(u128, bool)>,
+    /// What the server now has.
+    pub server_has: Option<ServerHas>,
+}
+
+/// A statement a message put on the server.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerHas {
+    /// A proxy-wide named statement: (key, schema epoch).
+    Named((u128, u64)),
+    /// The unnamed statement, holding this key.
+    Unnamed(u128),
 }
 
 /// A ReadyForQuery-terminated unit and what the session learns when it ends.
@@ -325,9 +334,9 @@ fn undo(effect: &Effect, server: &mut ServerState, statements: &mut Statements) 
         statements.undefine(name, *seq);
     }
     match effect.server_has {
-        Some((_, true)) => server.unnamed = None,
-        Some((key, false)) => {
-            server.prepared.remove(&key);
+        Some(ServerHas::Unnamed(_)) => server.unnamed = None,
+        Some(ServerHas::Named(sid)) => {
+            server.prepared.remove(&sid);
         }
         None => {}
     }

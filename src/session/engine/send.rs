@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::expect::{Effect, Kind, Origin, ProxyUnit, Retry, Unit};
+use super::expect::{Effect, Kind, Origin, ProxyUnit, Retry, ServerHas, Unit};
 use super::*;
 use crate::cancel::CancelTarget;
 use crate::classify::Class;
@@ -51,6 +51,7 @@ impl Engine {
         );
         let autocommit = self.route.txn == TxnStatus::Idle && !self.txn_may_be_opening;
         let max_prepared = self.cluster.pooling.max_prepared_statements;
+        let epoch = env.schema_epoch.load(std::sync::atomic::Ordering::Relaxed);
         let out = &mut b.server_out[slot.index()];
         let Some(server) = self.servers[slot.index()].as_mut() else {
             return;
@@ -67,7 +68,7 @@ impl Engine {
             b.client_out.unsplit(server.tentative.split());
         }
         if fresh && autocommit {
-            evict(server, &batch, max_prepared, out);
+            evict(server, &batch, epoch, max_prepared, out);
             if let Some(sql) = self.settings.replay_sql(server.state.settings.as_ref()) {
                 let _ = postgres_protocol::message::frontend::query(&sql, out);
                 let unit = Unit {
@@ -88,7 +89,7 @@ impl Engine {
             drops_all_statements: batch.deallocate == Some(None),
             ..Unit::default()
         };
-        write_messages(server, &batch, unit, out);
+        write_messages(server, &batch, unit, epoch, out);
         server.open_batch = !batch.completes;
         if retryable {
             server.retry = Some(Retry {
@@ -112,24 +113,24 @@ impl Engine {
 
 /// Closes the least recently used statements of a connection over its limit (never those the
 /// batch uses), as a unit of its own in front of the batch.
-fn evict(server: &mut Server, batch: &Batch, max: usize, out: &mut BytesMut) {
+fn evict(server: &mut Server, batch: &Batch, epoch: u64, max: usize, out: &mut BytesMut) {
     let prepared = &mut server.state.prepared;
     if prepared.len() <= max {
         return;
     }
-    let used: Vec<u128> = batch
+    let used: Vec<(u128, u64)> = batch
         .msgs
         .iter()
         .filter_map(|m| match m {
-            Msg::Parse { def, .. } => Some(def.key),
+            Msg::Parse { def, .. } => Some((def.key, epoch)),
             Msg::Uses {
                 stmt: Use::Named { def: Some(d), .. },
                 ..
-            } => Some(d.key),
+            } => Some((d.key, epoch)),
             _ => None,
         })
         .collect();
-    let mut by_age: Vec<(u64, u128)> = prepared
+    let mut by_age: Vec<(u64, (u128, u64))> = prepared
         .iter()
         .filter(|(k, _)| !used.contains(k))
         .map(|(k, t)| (*t, *k))
@@ -141,9 +142,13 @@ fn evict(server: &mut Server, batch: &Batch, max: usize, out: &mut BytesMut) {
     if n == 0 {
         return;
     }
-    for &(_, key) in &by_age[..n] {
-        let _ = postgres_protocol::message::frontend::close(b'S', &batch::server_name(key), out);
-        prepared.remove(&key);
+    for &(_, sid) in &by_age[..n] {
+        let _ = postgres_protocol::message::frontend::close(
+            b'S',
+            &batch::server_name(sid.0, sid.1),
+            out,
+        );
+        prepared.remove(&sid);
         server
             .owed
             .push(Kind::Close, Origin::Proxy, Effect::default());
@@ -164,7 +169,7 @@ fn evict(server: &mut Server, batch: &Batch, max: usize, out: &mut BytesMut) {
 }
 
 /// Writes the batch's messages for this connection and queues what each answer is.
-fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut BytesMut) {
+fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, out: &mut BytesMut) {
     server.state.tick += 1;
     let tick = server.state.tick;
     let mut unit = Some(unit);
@@ -202,14 +207,15 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut Byte
                 out.extend_from_slice(raw);
                 server.state.unnamed = Some(def.key);
                 let effect = Effect {
-                    server_has: Some((def.key, true)),
+                    server_has: Some(ServerHas::Unnamed(def.key)),
                     ..Effect::default()
                 };
                 server.owed.push(Kind::Parse, Origin::Client, effect);
             }
             Msg::Parse { name, def, seq } => {
                 let defines = Some((name.clone(), *seq));
-                if let Some(t) = server.state.prepared.get_mut(&def.key) {
+                let sid = (def.key, epoch);
+                if let Some(t) = server.state.prepared.get_mut(&sid) {
                     *t = tick;
                     let effect = Effect {
                         defines,
@@ -219,11 +225,11 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut Byte
                         .owed
                         .push(Kind::Synthetic(parse_complete()), Origin::Client, effect);
                 } else {
-                    put_parse(out, &def.server_name(), &def.body);
-                    server.state.prepared.insert(def.key, tick);
+                    put_parse(out, &batch::server_name(def.key, epoch), &def.body);
+                    server.state.prepared.insert(sid, tick);
                     let effect = Effect {
                         defines,
-                        server_has: Some((def.key, false)),
+                        server_has: Some(ServerHas::Named(sid)),
                     };
                     server.owed.push(Kind::Parse, Origin::Client, effect);
                 }
@@ -248,7 +254,7 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut Byte
                                 put_parse(out, "", &def.body);
                                 server.state.unnamed = Some(def.key);
                                 let effect = Effect {
-                                    server_has: Some((def.key, true)),
+                                    server_has: Some(ServerHas::Unnamed(def.key)),
                                     ..Effect::default()
                                 };
                                 server.owed.push(Kind::Parse, Origin::ProxyParse, effect);
@@ -258,8 +264,9 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, out: &mut Byte
                         server.owed.push(kind(), Origin::Client, Effect::default());
                     }
                     Use::Named { def: Some(def), .. } => {
-                        ensure_named(server, def, tick, out);
-                        put_renamed(out, raw, at.clone(), def.server_name().as_bytes());
+                        ensure_named(server, def, epoch, tick, out);
+                        let name = batch::server_name(def.key, epoch);
+                        put_renamed(out, raw, at.clone(), name.as_bytes());
                         server.owed.push(kind(), Origin::Client, Effect::default());
                     }
                     Use::Named { name, def: None } => {
@@ -295,15 +302,22 @@ fn take_unit(unit: &mut Option<Unit>, last: bool) -> Unit {
 }
 
 /// Prepares a named statement on the connection if it lacks it (its answer is swallowed).
-fn ensure_named(server: &mut Server, def: &StatementDef, tick: u64, out: &mut BytesMut) {
-    if let Some(t) = server.state.prepared.get_mut(&def.key) {
+fn ensure_named(
+    server: &mut Server,
+    def: &StatementDef,
+    epoch: u64,
+    tick: u64,
+    out: &mut BytesMut,
+) {
+    let sid = (def.key, epoch);
+    if let Some(t) = server.state.prepared.get_mut(&sid) {
         *t = tick;
         return;
     }
-    put_parse(out, &def.server_name(), &def.body);
-    server.state.prepared.insert(def.key, tick);
+    put_parse(out, &batch::server_name(def.key, epoch), &def.body);
+    server.state.prepared.insert(sid, tick);
     let effect = Effect {
-        server_has: Some((def.key, false)),
+        server_has: Some(ServerHas::Named(sid)),
         ..Effect::default()
     };
     server.owed.push(Kind::Parse, Origin::ProxyParse, effect);

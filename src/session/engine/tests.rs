@@ -145,6 +145,7 @@ pub(super) struct Harness {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub learned: LearnedWrites,
+    pub epoch: std::sync::atomic::AtomicU64,
     pub cancels: Arc<CancelRegistry>,
     pub cancel: (i32, i32),
     pub now: Instant,
@@ -206,6 +207,7 @@ impl Harness {
             health: Arc::new(health),
             metrics: Metrics::new(),
             learned: LearnedWrites::default(),
+            epoch: Default::default(),
             cancels,
             cancel,
             now: Instant::now(),
@@ -221,6 +223,7 @@ impl Harness {
             health: &self.health,
             metrics: &self.metrics,
             learned: &self.learned,
+            schema_epoch: &self.epoch,
             now: self.now,
         };
         f(&mut self.engine, &mut self.b, &env);

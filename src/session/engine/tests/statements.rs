@@ -79,8 +79,9 @@ fn a_parse_the_server_already_has_is_answered_by_the_proxy_in_order() {
     other.client(&[parse("x", "select $1"), sync()]);
     other.grant(Slot::Replica);
     let name = stmt_name(&other.server_got(Slot::Replica)[0]);
-    let key = u128::from_str_radix(name.trim_start_matches("pgm_"), 16).unwrap();
-    state.prepared.insert(key, 1);
+    let hex = name.trim_start_matches("pgm_").split('_').next().unwrap();
+    let key = u128::from_str_radix(hex, 16).unwrap();
+    state.prepared.insert((key, 0), 1);
 
     h.client(&[parse("mine", "select $1"), describe_stmt("mine"), flush()]);
     h.take_acquire(Slot::Replica);
@@ -213,7 +214,7 @@ fn statements_past_the_limit_are_evicted_before_a_transaction() {
     let mut h = Harness::with(YAML, "pooling: { max_prepared_statements: 10 }\n");
     let mut state = ServerState::new(h.topology.clusters["app"].replicas[0].clone(), 5, 7);
     for k in 0..12u128 {
-        state.prepared.insert(k, k as u64);
+        state.prepared.insert((k, 0), k as u64);
     }
     h.client(&[query("select 1")]);
     h.take_acquire(Slot::Replica);
@@ -239,7 +240,7 @@ fn statements_past_the_limit_are_evicted_before_a_transaction() {
     );
     let (state, _) = h.take_release(Slot::Replica);
     assert_eq!(state.prepared.len(), 9);
-    assert!(!state.prepared.contains_key(&0) && state.prepared.contains_key(&11));
+    assert!(!state.prepared.contains_key(&(0, 0)) && state.prepared.contains_key(&(11, 0)));
 }
 
 #[test]
@@ -266,4 +267,51 @@ fn the_unnamed_statement_is_reprepared_on_a_connection_that_lacks_it() {
         ],
     );
     assert_eq!(tags(&h.client_got()), "2DCZ");
+}
+
+#[test]
+fn after_ddl_statements_are_prepared_afresh_under_new_names() {
+    let mut h = Harness::new();
+    h.client(&[
+        parse("s", "insert into t values ($1::e)"),
+        bind("s"),
+        execute(),
+        sync(),
+    ]);
+    h.grant(Slot::Primary);
+    let before = stmt_name(&h.server_got(Slot::Primary)[0]);
+    h.server(
+        Slot::Primary,
+        &[
+            parse_complete(),
+            bind_complete(),
+            complete("INSERT 0 1"),
+            ready(b'I'),
+        ],
+    );
+    let (conn, _) = h.take_release(Slot::Primary);
+    h.client_got();
+    // Any session's DDL: the type behind `e` may be another one now.
+    h.client(&[query("drop type e; create type e as enum ('x')")]);
+    h.take_acquire(Slot::Primary);
+    h.grant_state(Slot::Primary, *conn);
+    h.server_got(Slot::Primary);
+    h.server(
+        Slot::Primary,
+        &[complete("DROP TYPE"), complete("CREATE TYPE"), ready(b'I')],
+    );
+    let (conn, _) = h.take_release(Slot::Primary);
+    h.client_got();
+    h.client(&[bind("s"), execute(), sync()]);
+    h.take_acquire(Slot::Primary);
+    h.grant_state(Slot::Primary, *conn);
+    let got = h.server_got(Slot::Primary);
+    assert_eq!(
+        tags(&got),
+        "PBES",
+        "prepared again although the connection has the old one"
+    );
+    let after = stmt_name(&got[0]);
+    assert_ne!(after, before);
+    assert_eq!(stmt_name(&got[1]), after);
 }
