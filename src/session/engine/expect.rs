@@ -41,8 +41,8 @@ pub struct Effect {
 pub enum ServerHas {
     /// A proxy-wide named statement: (key, schema epoch).
     Named((u128, u64)),
-    /// The unnamed statement, holding this key.
-    Unnamed(u128),
+    /// The unnamed statement.
+    Unnamed,
 }
 
 /// A ReadyForQuery-terminated unit and what the session learns when it ends.
@@ -334,7 +334,7 @@ fn undo(effect: &Effect, server: &mut ServerState, statements: &mut Statements) 
         statements.undefine(name, *seq);
     }
     match effect.server_has {
-        Some(ServerHas::Unnamed(_)) => server.unnamed = None,
+        Some(ServerHas::Unnamed) => server.unnamed = None,
         Some(ServerHas::Named(sid)) => {
             server.prepared.remove(&sid);
         }

@@ -207,7 +207,7 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, ou
                 out.extend_from_slice(raw);
                 server.state.unnamed = Some(def.key);
                 let effect = Effect {
-                    server_has: Some(ServerHas::Unnamed(def.key)),
+                    server_has: Some(ServerHas::Unnamed),
                     ..Effect::default()
                 };
                 server.owed.push(Kind::Parse, Origin::Client, effect);
@@ -254,7 +254,7 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, ou
                                 put_parse(out, "", &def.body);
                                 server.state.unnamed = Some(def.key);
                                 let effect = Effect {
-                                    server_has: Some(ServerHas::Unnamed(def.key)),
+                                    server_has: Some(ServerHas::Unnamed),
                                     ..Effect::default()
                                 };
                                 server.owed.push(Kind::Parse, Origin::ProxyParse, effect);
