@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
     };
     let policy = Routing::default();
     let session = SessionRoute {
-        requirement: Requirement::Lsn(4200),
+        requirement: Requirement::lsn(4200),
         ..Default::default()
     };
     let location = Region {

@@ -36,6 +36,8 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
+    /// Required WAL positions shared by read-your-writes scopes.
+    pub scopes: crate::causal::Scopes,
     /// Bumped when a session runs DDL: pooled statements are prepared afresh after it.
     pub schema_epoch: std::sync::atomic::AtomicU64,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -59,6 +61,7 @@ impl Shared {
             health: &self.health,
             metrics: &self.metrics,
             learned: &self.learned_writes,
+            scopes: &self.scopes,
             schema_epoch: &self.schema_epoch,
             pools: &self.pools,
             drain: &self.drain,
@@ -122,6 +125,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
             schema_epoch: Default::default(),
+            scopes: Default::default(),
             connect_failures: Default::default(),
             metrics,
         })

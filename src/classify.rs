@@ -83,6 +83,10 @@ pub enum Class {
     Pin(PinReason),
     /// `SET pgmeridian.route = primary|replica|auto` (also `TO`, quoted values, any case).
     RouteHint(Hint),
+    /// `SET pgmeridian.causal_token = '…'` (the token text), or `RESET pgmeridian.causal_token`.
+    CausalToken(Option<String>),
+    /// `SHOW pgmeridian.causal_token`.
+    ShowCausalToken,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +149,8 @@ pub struct Classified {
     pub class: Class,
     /// From a leading comment `/* pgmeridian:primary */` or `/* pgmeridian:replica */` (before the first token; also accept `-- pgmeridian:primary` line comments). Only Primary/Replica here.
     pub hint: Option<Hint>,
+    /// From a leading comment `/* pgmeridian:causal_token=… */`: the token text.
+    pub causal_token: Option<String>,
 }
 
 /// Classifies `sql` (one or more statements) for routing.
@@ -155,6 +161,7 @@ pub struct Classified {
 /// `SELECT` is classified without allocating.
 pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
     let mut hint = None;
+    let mut causal_token = None;
     let mut combined = Combiner::default();
     let mut lx = Lexer::new(sql);
     let mut before_first_token = true;
@@ -165,8 +172,13 @@ pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
     while let Some(item) = lx.next_item() {
         let t = match item {
             Item::Comment { body } => {
-                if before_first_token && hint.is_none() {
-                    hint = parse_hint(body);
+                if before_first_token {
+                    if hint.is_none() {
+                        hint = parse_hint(body);
+                    }
+                    if causal_token.is_none() {
+                        causal_token = parse_token_hint(body);
+                    }
                 }
                 continue;
             }
@@ -203,7 +215,30 @@ pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
     Classified {
         class: combined.finish(),
         hint,
+        causal_token,
     }
+}
+
+/// `pgmeridian:causal_token=TOKEN` as the whole body of a comment (blanks allowed around
+/// `:` and `=`); the token is taken as it is (it is checked where it is used).
+fn parse_token_hint(body: &[u8]) -> Option<String> {
+    let rest = body.trim_ascii();
+    let prefix = b"pgmeridian";
+    if !rest.get(..prefix.len())?.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = rest[prefix.len()..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start();
+    let key = b"causal_token";
+    if !rest.get(..key.len())?.eq_ignore_ascii_case(key) {
+        return None;
+    }
+    let value = rest[key.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b"=")?
+        .trim_ascii();
+    let value = std::str::from_utf8(value).ok()?;
+    (!value.is_empty() && !value.contains(char::is_whitespace)).then(|| value.to_owned())
 }
 
 /// `pgmeridian:primary` / `pgmeridian:replica` (any case, blanks allowed
@@ -248,7 +283,10 @@ impl Combiner {
             Class::Begin { .. } | Class::End | Class::SetTransaction { .. } => {
                 self.transaction = true
             }
-            Class::Session(_) | Class::RouteHint(_) => self.session = true,
+            Class::Session(_)
+            | Class::RouteHint(_)
+            | Class::CausalToken(_)
+            | Class::ShowCausalToken => self.session = true,
             Class::Pin(reason) => {
                 self.pin.get_or_insert(*reason);
             }

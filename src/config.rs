@@ -157,6 +157,23 @@ pub struct Routing {
     /// (so that jitter does not flip the choice), then by sessions on them.
     #[serde(with = "humantime_serde")]
     pub rtt_granularity: Duration,
+    /// Who shares a required WAL position: the session alone, every connection from one
+    /// client address, or every connection of one user.
+    pub read_your_writes_scope: RywScope,
+    /// A read that needs a position the nearest replica has not replayed yet may wait for it
+    /// this long, when waiting is expected to be faster than the primary; 0s: never wait.
+    #[serde(with = "humantime_serde")]
+    pub causal_wait_max: Duration,
+}
+
+/// Who shares read-your-writes positions.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RywScope {
+    #[default]
+    Session,
+    ClientAddress,
+    User,
 }
 
 impl Default for Routing {
@@ -168,6 +185,8 @@ impl Default for Routing {
             no_eligible_replica: NoEligibleReplica::Primary,
             write_functions: Vec::new(),
             rtt_granularity: Duration::from_millis(5),
+            read_your_writes_scope: RywScope::Session,
+            causal_wait_max: Duration::ZERO,
         }
     }
 }

@@ -100,6 +100,7 @@ pub fn parse_location(text: &str) -> Result<Region, String> {
 
 const REGION_KEY: &str = "pgmeridian.region";
 const LOCATION_KEY: &str = "pgmeridian.location";
+const TOKEN_KEY: &str = crate::causal::PARAMETER;
 
 /// Takes `pgmeridian.region` / `pgmeridian.location` out of the startup parameters, whether
 /// sent as their own parameters or inside `options` (`-c name=value`, `-cname=value`,
@@ -107,10 +108,25 @@ const LOCATION_KEY: &str = "pgmeridian.location";
 /// names (any case, `-` for `_`). As in PostgreSQL, a parameter of its own is applied after
 /// `options`, so it wins; within each, the last one wins.
 pub fn take_requested(params: &mut Vec<(String, String)>) -> Option<Requested> {
+    take_ours(params).location
+}
+
+/// What the proxy itself takes out of a startup packet.
+#[derive(Debug, Default, PartialEq)]
+pub struct Taken {
+    pub location: Option<Requested>,
+    /// `pgmeridian.causal_token` (checked by the caller).
+    pub causal_token: Option<String>,
+}
+
+/// Like [`take_requested`], also taking `pgmeridian.causal_token`.
+pub fn take_ours(params: &mut Vec<(String, String)>) -> Taken {
     let mut found = None;
+    let mut token = None;
     let mut note = |name: &str, value: &str| match normalized(name).as_str() {
         REGION_KEY => found = Some(Requested::Region(value.to_owned())),
         LOCATION_KEY => found = Some(Requested::Location(value.to_owned())),
+        TOKEN_KEY => token = Some(value.to_owned()),
         _ => {}
     };
     if let Some(i) = params.iter().position(|(k, _)| k == "options") {
@@ -147,7 +163,10 @@ pub fn take_requested(params: &mut Vec<(String, String)>) -> Option<Requested> {
         }
     }
     params.retain(|(k, _)| k == "options" || !is_ours(k));
-    found
+    Taken {
+        location: found,
+        causal_token: token,
+    }
 }
 
 fn normalized(name: &str) -> String {
@@ -156,7 +175,7 @@ fn normalized(name: &str) -> String {
 
 fn is_ours(name: &str) -> bool {
     let n = normalized(name);
-    n == REGION_KEY || n == LOCATION_KEY
+    n == REGION_KEY || n == LOCATION_KEY || n == TOKEN_KEY
 }
 
 /// The server's `isspace` (C locale), which is what splits `options`.

@@ -102,6 +102,11 @@ pub enum PrimaryView {
 }
 
 impl ClusterHealth {
+    /// The acting primary's (system identifier, timeline), when known.
+    pub fn acting_primary_identity(&self) -> Option<(u64, u32)> {
+        None
+    }
+
     pub fn primary_view(&self) -> PrimaryView {
         let nodes = std::iter::once(&self.primary).chain(&self.replicas);
         if nodes.clone().all(|n| n.in_recovery.is_none() && !n.up) {

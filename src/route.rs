@@ -81,40 +81,83 @@ pub enum Decision {
     Refuse(Reason),
 }
 
-/// What a session's next reads must wait for, after its own last write.
+/// What a session's next reads must wait for: its own last write, a causal token it was
+/// given, the writes of its scope. All parts must hold; `Requirement::NONE` asks nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Requirement {
-    #[default]
-    None,
-    /// A write committed at this instant; no primary WAL sample taken after it is known yet.
-    AwaitingSample(Instant),
+pub struct Requirement {
     /// Replicas must have replayed at least this primary WAL position.
-    Lsn(u64),
+    pub lsn: Option<u64>,
+    /// A write committed at this instant and its position is not known yet: the first primary
+    /// WAL sample taken after it is (until then no replica qualifies).
+    pub sample_after: Option<Instant>,
     /// `window` mode: reads stay on the primary until this instant.
-    Until(Instant),
+    pub until: Option<Instant>,
 }
 
 impl Requirement {
+    pub const NONE: Requirement = Requirement {
+        lsn: None,
+        sample_after: None,
+        until: None,
+    };
+
+    pub fn lsn(lsn: u64) -> Requirement {
+        Requirement {
+            lsn: Some(lsn),
+            ..Requirement::NONE
+        }
+    }
+
+    pub fn awaiting(committed: Instant) -> Requirement {
+        Requirement {
+            sample_after: Some(committed),
+            ..Requirement::NONE
+        }
+    }
+
+    pub fn until(t: Instant) -> Requirement {
+        Requirement {
+            until: Some(t),
+            ..Requirement::NONE
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == Requirement::NONE
+    }
+
+    /// Both requirements at once: the later of each part.
+    pub fn and(self, other: Requirement) -> Requirement {
+        Requirement {
+            lsn: self.lsn.max(other.lsn),
+            sample_after: self.sample_after.max(other.sample_after),
+            until: self.until.max(other.until),
+        }
+    }
+
     /// Replaces "awaiting a sample" by the first primary WAL position sampled after the write
     /// committed (`samples`: oldest first): that position is at or after the commit, and the
     /// earliest such one is the least a replica must have replayed.
     pub fn resolve(self, samples: &[(Instant, u64)]) -> Requirement {
-        match self {
-            Requirement::AwaitingSample(committed) => samples
-                .iter()
-                .find(|&&(at, _)| at > committed)
-                .map_or(self, |&(_, lsn)| Requirement::Lsn(lsn)),
-            other => other,
+        let Some(committed) = self.sample_after else {
+            return self;
+        };
+        match samples.iter().find(|&&(at, _)| at > committed) {
+            Some(&(_, lsn)) => Requirement {
+                lsn: self.lsn.max(Some(lsn)),
+                sample_after: None,
+                until: self.until,
+            },
+            None => self,
         }
     }
 
     fn satisfied_by(self, replica: &NodeHealth, now: Instant) -> bool {
-        match self {
-            Requirement::None => true,
-            Requirement::AwaitingSample(_) => false,
-            Requirement::Lsn(need) => replica.lsn.is_some_and(|l| l >= need),
-            Requirement::Until(t) => now >= t,
-        }
+        self.sample_after.is_none()
+            && self
+                .lsn
+                .is_none_or(|need| replica.lsn.is_some_and(|l| l >= need))
+            && self.until.is_none_or(|t| now >= t)
     }
 }
 
@@ -179,7 +222,7 @@ pub fn decide(input: &RouteInput) -> Decision {
         Some(Hint::Primary) => return primary_for(input, Reason::Hint),
         Some(Hint::Replica) if is_movable(input.class) => {
             // The client accepts staleness up to the lag budget, but not writes on a replica.
-            return match best_replica(input, Requirement::None) {
+            return match best_replica(input, Requirement::NONE) {
                 Ok((i, _)) => Decision::Route {
                     target: Target::Replica(i),
                     reason: Reason::Hint,
@@ -205,7 +248,7 @@ pub fn decide(input: &RouteInput) -> Decision {
         // Pinned to a primary that is gone: waiting cannot help (no new WAL position will be
         // sampled), and "reads continue from replicas" wins over a guarantee nobody can give.
         Err(Reason::PinnedAfterWrite) if no_primary(input) => {
-            match best_replica(input, Requirement::None) {
+            match best_replica(input, Requirement::NONE) {
                 Ok((i, _)) => Decision::Route {
                     target: Target::Replica(i),
                     reason: Reason::NoPrimary,

@@ -30,6 +30,7 @@ pub struct Handles<'s> {
     pub health: &'s arc_swap::ArcSwap<crate::health::Health>,
     pub metrics: &'s crate::metrics::Metrics,
     pub learned: &'s LearnedWrites,
+    pub scopes: &'s crate::causal::Scopes,
     /// See [`engine::Env::schema_epoch`].
     pub schema_epoch: &'s std::sync::atomic::AtomicU64,
     pub pools: &'s crate::pool::Pools,

@@ -210,7 +210,18 @@ fn stmt(
     match kw {
         b"select" | b"values" | b"table" => whole_scan(Mode::Query),
         b"with" => whole_scan(Mode::With),
-        b"show" | b"fetch" | b"move" | b"close" | b"savepoint" | b"release" => Class::Read,
+        b"show" => {
+            let shows_token = lx
+                .next_token()
+                .and_then(|t| session::show_name(t, &mut lx))
+                .is_some_and(|n| session::is_causal_token(&n));
+            if shows_token && lx.next_token().is_none() {
+                Class::ShowCausalToken
+            } else {
+                Class::Read
+            }
+        }
+        b"fetch" | b"move" | b"close" | b"savepoint" | b"release" => Class::Read,
         b"explain" => explain(cx, lx),
         b"copy" => copy(cx, lx),
         b"declare" => declare(cx, lx),

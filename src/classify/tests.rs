@@ -417,6 +417,20 @@ fn settings() -> Vec<(&'static str, Class)> {
         ("SET pgmeridian.route = primary, replica", U),
         ("SET pgmeridian.route = DEFAULT", U),
         ("RESET pgmeridian.route", Class::RouteHint(Hint::Auto)),
+        (
+            "SET pgmeridian.causal_token = 'pgm1:7:1:0/16B3748'",
+            Class::CausalToken(Some("pgm1:7:1:0/16B3748".into())),
+        ),
+        (
+            "set PGMERIDIAN.CAUSAL_TOKEN to 'x'",
+            Class::CausalToken(Some("x".into())),
+        ),
+        ("SET pgmeridian.causal_token = 'a', 'b'", U),
+        ("RESET pgmeridian.causal_token", Class::CausalToken(None)),
+        ("SHOW pgmeridian.causal_token", Class::ShowCausalToken),
+        ("show PGMERIDIAN.causal_token;", Class::ShowCausalToken),
+        ("SHOW pgmeridian.route", R),
+        ("SHOW search_path", R),
     ]
 }
 
@@ -585,6 +599,27 @@ fn hints_come_from_leading_comments_only() {
         let got = classify(sql, &wf);
         assert_eq!(got.hint, hint, "{sql:?}");
         assert_eq!(got.class, class, "{sql:?}");
+    }
+}
+
+#[test]
+fn causal_tokens_come_from_leading_comments() {
+    let wf = wf();
+    let cases = [
+        ("/* pgmeridian:causal_token=pgm1:7:1:0/10 */ SELECT 1", Some("pgm1:7:1:0/10")),
+        (
+            "/* pgmeridian:primary */ /* pgmeridian : causal_token = t */ SELECT 1",
+            Some("t"),
+        ),
+        ("-- pgmeridian:causal_token=t\nSELECT 1", Some("t")),
+        ("SELECT 1 /* pgmeridian:causal_token=t */", None),
+        ("/* pgmeridian:causal_token= */ SELECT 1", None),
+        ("/* pgmeridian:causal_token=a b */ SELECT 1", None),
+    ];
+    for (sql, token) in cases {
+        let got = classify(sql, &wf);
+        assert_eq!(got.causal_token.as_deref(), token, "{sql:?}");
+        assert_eq!(got.class, R, "{sql:?}");
     }
 }
 

@@ -73,6 +73,17 @@ impl ErrorFields {
     }
 }
 
+/// The first column of a DataRow body, as bytes (`None` for SQL NULL or a short body).
+pub fn first_column(body: &[u8]) -> Option<&[u8]> {
+    let (count, rest) = body.split_first_chunk::<2>()?;
+    if u16::from_be_bytes(*count) == 0 {
+        return None;
+    }
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
+    rest.get(..len)
+}
+
 /// Parses a ParameterStatus body into (name, value).
 pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (name, rest) = read_cstr(body)?;
@@ -112,6 +123,21 @@ mod tests {
         assert_eq!(localized.severity, "FEHLER");
         assert!(!localized.is_fatal());
         assert_eq!(ErrorFields::parse(b"Cunterminated"), None);
+    }
+
+    #[test]
+    fn first_column_of_a_data_row() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"\0\x01\0\0\0\x030/1", Some(b"0/1")),
+            (b"\0\x02\0\0\0\x01a\0\0\0\x01b", Some(b"a")),
+            (b"\0\x01\xff\xff\xff\xff", None),
+            (b"\0\0", None),
+            (b"\0\x01\0\0\0\x09ab", None),
+            (b"\0", None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(first_column(body), *want, "{body:?}");
+        }
     }
 
     #[test]

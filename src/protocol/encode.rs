@@ -42,6 +42,13 @@ pub fn parameter_status(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.put_u8(0);
 }
 
+/// A NoticeResponse with severity, SQLSTATE and message.
+pub fn notice_response(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    let start = buf.len();
+    error_response(buf, severity, code, message, None, None);
+    buf[start] = b'N';
+}
+
 /// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: &[&str]) {
     let len = 4 + 4 + 4 + unsupported.iter().map(|o| o.len() + 1).sum::<usize>();

@@ -229,7 +229,7 @@ fn decision_table() {
             class: Class::Read,
             hint: Some(Hint::Replica),
             session: SessionRoute {
-                requirement: Requirement::Lsn(5000),
+                requirement: Requirement::lsn(5000),
                 ..s
             },
             replicas: both_fresh.clone(),
@@ -262,7 +262,7 @@ fn decision_table() {
             class: Class::Read,
             hint: None,
             session: SessionRoute {
-                requirement: Requirement::AwaitingSample(t0),
+                requirement: Requirement::awaiting(t0),
                 ..s
             },
             replicas: both_fresh.clone(),
@@ -274,7 +274,7 @@ fn decision_table() {
             class: Class::Read,
             hint: None,
             session: SessionRoute {
-                requirement: Requirement::Lsn(2000),
+                requirement: Requirement::lsn(2000),
                 ..s
             },
             replicas: both_fresh.clone(),
@@ -286,7 +286,7 @@ fn decision_table() {
             class: Class::Read,
             hint: None,
             session: SessionRoute {
-                requirement: Requirement::Lsn(1500),
+                requirement: Requirement::lsn(1500),
                 ..s
             },
             replicas: Some(vec![replica(1600, 10), replica(1400, 10)]),
@@ -298,7 +298,7 @@ fn decision_table() {
             class: Class::Read,
             hint: None,
             session: SessionRoute {
-                requirement: Requirement::Until(t0 + Duration::from_secs(1)),
+                requirement: Requirement::until(t0 + Duration::from_secs(1)),
                 ..s
             },
             replicas: both_fresh.clone(),
@@ -310,7 +310,7 @@ fn decision_table() {
             class: Class::Read,
             hint: None,
             session: SessionRoute {
-                requirement: Requirement::Until(t0),
+                requirement: Requirement::until(t0),
                 ..s
             },
             replicas: both_fresh.clone(),
@@ -457,7 +457,7 @@ fn writes_follow_the_observed_primary_and_fail_fast_without_one() {
         ),
     ];
     let pinned = SessionRoute {
-        requirement: Requirement::Lsn(5000),
+        requirement: Requirement::lsn(5000),
         ..s
     };
     for (name, replicas, primary_up, class, want) in cases {
@@ -489,22 +489,22 @@ fn requirement_resolves_from_the_first_sample_taken_after_the_commit() {
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     let samples = [(at(5), 100), (at(10), 110), (at(15), 120), (at(60), 900)];
     let cases = [
-        (Requirement::AwaitingSample(at(1)), Requirement::Lsn(100)),
-        (Requirement::AwaitingSample(at(10)), Requirement::Lsn(120)), // same instant is not after
-        (Requirement::AwaitingSample(at(12)), Requirement::Lsn(120)), // not the latest (900)
+        (Requirement::awaiting(at(1)), Requirement::lsn(100)),
+        (Requirement::awaiting(at(10)), Requirement::lsn(120)), // same instant is not after
+        (Requirement::awaiting(at(12)), Requirement::lsn(120)), // not the latest (900)
         (
-            Requirement::AwaitingSample(at(61)),
-            Requirement::AwaitingSample(at(61)),
+            Requirement::awaiting(at(61)),
+            Requirement::awaiting(at(61)),
         ),
-        (Requirement::Lsn(7), Requirement::Lsn(7)),
-        (Requirement::None, Requirement::None),
+        (Requirement::lsn(7), Requirement::lsn(7)),
+        (Requirement::NONE, Requirement::NONE),
     ];
     for (req, want) in cases {
         assert_eq!(req.resolve(&samples), want, "{req:?}");
     }
     assert_eq!(
-        Requirement::AwaitingSample(at(1)).resolve(&[]),
-        Requirement::AwaitingSample(at(1))
+        Requirement::awaiting(at(1)).resolve(&[]),
+        Requirement::awaiting(at(1))
     );
 }
 

@@ -26,6 +26,8 @@ pub struct StatementDef {
     pub body: Bytes,
     pub class: Class,
     pub hint: Option<Hint>,
+    /// Its `/* pgmeridian:causal_token=… */` hint, applied at each execution.
+    pub causal_token: Option<String>,
 }
 
 impl StatementDef {
@@ -151,6 +153,8 @@ pub struct Batch {
     pub extended: bool,
     /// Only Sync/Flush/Close-statement messages: nothing that runs or prepares anything.
     pub inert: bool,
+    /// A `/* pgmeridian:causal_token=… */` hint on a statement the batch runs.
+    pub causal_token: Option<String>,
 }
 
 /// Classifies `sql`, overriding a read with Write when replicas have refused this text
@@ -166,6 +170,7 @@ fn classify_learned(
         return crate::classify::Classified {
             class: Class::Write,
             hint: None,
+            causal_token: None,
         };
     };
     let mut c = classify(text, writes);
@@ -262,6 +267,9 @@ pub fn add(
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
             let c = classify_learned(sql, || hash_of(sql), ctx.writes, ctx.learned);
+            if c.causal_token.is_some() {
+                batch.causal_token = c.causal_token.clone();
+            }
             if sql.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'd')) {
                 batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
             }
@@ -291,6 +299,7 @@ pub fn add(
                 body: msg.slice_ref(rest),
                 class: c.class,
                 hint: c.hint,
+                causal_token: c.causal_token,
             });
             batch.extended = true;
             batch.parse_class = Some(match batch.parse_class.take() {
@@ -324,6 +333,9 @@ pub fn add(
             let stmt_use = use_of(statements, stmt);
             match &stmt_use {
                 Use::Unnamed(Some(d)) | Use::Named { def: Some(d), .. } => {
+                    if d.causal_token.is_some() {
+                        batch.causal_token = d.causal_token.clone();
+                    }
                     if let Class::Session(setting) = &d.class {
                         if let Ok(text) = std::str::from_utf8(sql_of(&d.body)) {
                             batch.setting = Some((setting.clone(), Arc::from(text)));

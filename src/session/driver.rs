@@ -284,6 +284,7 @@ fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
         health: &health,
         metrics: h.metrics,
         learned: h.learned,
+        scopes: h.scopes,
         schema_epoch: h.schema_epoch,
         now: std::time::Instant::now(),
     };

@@ -23,8 +23,10 @@ use crate::route::{Reason, SessionRoute};
 use crate::topology::{ClusterSpec, NodeSpec, Topology, UserSpec};
 
 mod answers;
+mod causality;
 mod dispatch;
 pub(crate) mod expect;
+mod local;
 mod observe;
 mod send;
 #[cfg(test)]
@@ -113,6 +115,8 @@ pub struct Env<'a> {
     pub health: &'a Arc<Health>,
     pub metrics: &'a Metrics,
     pub learned: &'a LearnedWrites,
+    /// Positions shared by read-your-writes scopes.
+    pub scopes: &'a crate::causal::Scopes,
     /// Bumped whenever a session runs DDL: server statements prepared before are not reused.
     pub schema_epoch: &'a std::sync::atomic::AtomicU64,
     pub now: Instant,
@@ -143,6 +147,9 @@ pub(crate) struct Server {
     pub(crate) dirty: bool,
     /// Dedicated to this session for life.
     pub(crate) dedicated: bool,
+    /// The client's ReadyForQuery after a commit, held until the proxy's position query
+    /// behind it answers (so the causal token reaches the client before it).
+    pub(crate) held_ready: Option<BytesMut>,
 }
 
 impl Server {
@@ -161,12 +168,17 @@ impl Server {
             farewell: None,
             dirty: false,
             dedicated: false,
+            held_ready: None,
         }
     }
 
     /// Nothing in flight: no answer owed, nothing unsent, between messages.
     pub(crate) fn idle(&self, out: &BytesMut) -> bool {
-        self.owed.is_empty() && !self.open_batch && self.remaining == 0 && out.is_empty()
+        self.owed.is_empty()
+            && !self.open_batch
+            && self.remaining == 0
+            && out.is_empty()
+            && self.held_ready.is_none()
     }
 }
 
@@ -185,8 +197,11 @@ pub(crate) enum Held {
 }
 
 pub(crate) enum LocalReply {
-    /// `SET pgmeridian.route = …`.
-    RouteHint(crate::classify::Hint),
+    /// A statement for the proxy itself (route hint, causal token).
+    Run {
+        batch: Box<Batch>,
+        statement: local::ProxyStatement,
+    },
     /// A batch that cannot be served now (refused read, no server connection).
     Refuse(ClientError),
     /// `DEALLOCATE name` of a statement only the proxy holds.
@@ -206,6 +221,10 @@ pub struct Start {
     pub cancel: CancelHandle,
     /// Settings from the startup packet (application_name, options `-c`, …).
     pub settings: Settings,
+    /// The client's address (after PROXY protocol): the `client_address` scope.
+    pub client_ip: std::net::IpAddr,
+    /// A causal token given at startup (`pgmeridian.causal_token`).
+    pub causal_token: Option<crate::causal::Token>,
 }
 
 /// One session's protocol state.
@@ -238,6 +257,18 @@ pub struct Engine {
     pub(crate) actions: VecDeque<Action>,
     pub(crate) end: Option<End>,
     pub(crate) obs: observe::Obs,
+    /// What this session's own writes require of its reads.
+    pub(crate) own: crate::route::Requirement,
+    /// What the causal tokens it was given require.
+    pub(crate) token_req: crate::route::Requirement,
+    /// A token given before the cluster's identity was known: checked at the next decision.
+    pub(crate) pending_token: Option<crate::causal::Token>,
+    /// Its read-your-writes scope beyond itself, if any.
+    pub(crate) scope: Option<crate::causal::ScopeKey>,
+    /// The token last reported to the client (ParameterStatus), to report only changes.
+    pub(crate) reported_token: Option<String>,
+    /// NoticeResponses owed to the client before the next batch's answers.
+    pub(crate) notices: Vec<String>,
     /// The last health snapshot seen, for this cluster: (snapshot, spec, aligned state).
     #[allow(clippy::type_complexity)]
     pub(crate) health_cache: Option<(
@@ -249,7 +280,18 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(start: Start) -> Engine {
-        Engine {
+        let scope = match start.topology.routing.read_your_writes_scope {
+            crate::config::RywScope::Session => None,
+            crate::config::RywScope::ClientAddress => Some(crate::causal::ScopeKey::Address {
+                cluster: start.cluster.name.clone(),
+                ip: start.client_ip,
+            }),
+            crate::config::RywScope::User => Some(crate::causal::ScopeKey::User {
+                cluster: start.cluster.name.clone(),
+                user: start.user.name.clone(),
+            }),
+        };
+        let mut engine = Engine {
             mode: start.cluster.pooling.mode,
             max_message: start.topology.limits.max_message_bytes,
             topology: start.topology,
@@ -273,7 +315,15 @@ impl Engine {
             end: None,
             obs: observe::Obs::default(),
             health_cache: None,
-        }
+            own: crate::route::Requirement::NONE,
+            token_req: crate::route::Requirement::NONE,
+            pending_token: start.causal_token,
+            scope: None,
+            reported_token: None,
+            notices: Vec::new(),
+        };
+        engine.scope = scope;
+        engine
     }
 
     /// The next thing the driver must do.

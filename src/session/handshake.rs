@@ -141,7 +141,19 @@ pub async fn handshake(
         .with_hint("connect replication clients to the primary directly");
         return Outcome::Refused(io, e);
     }
-    let requested = geo::take_requested(&mut params);
+    let taken = geo::take_ours(&mut params);
+    let requested = taken.location;
+    let causal_token = match taken.causal_token.as_deref().map(crate::causal::Token::parse) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            return Outcome::Refused(
+                io,
+                ClientError::fatal(sqlstate::INVALID_PARAMETER_VALUE, e)
+                    .with_kind(ErrorKind::ClientProtocol),
+            )
+        }
+    };
     let Some(user_name) = param(&params, "user").map(str::to_owned) else {
         return Outcome::Refused(
             io,
@@ -242,6 +254,8 @@ pub async fn handshake(
             location,
             cancel,
             settings,
+            client_ip: client.ip(),
+            causal_token,
         },
     }))
 }

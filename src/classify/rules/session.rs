@@ -112,6 +112,27 @@ fn is_route(name: &str) -> bool {
     name.eq_ignore_ascii_case("pgmeridian.route")
 }
 
+/// The (possibly dotted) setting name after SHOW.
+pub(super) fn show_name(first: Token<'_>, lx: &mut Lexer<'_>) -> Option<String> {
+    var_name(first, lx)
+}
+
+pub(super) fn is_causal_token(name: &str) -> bool {
+    name.eq_ignore_ascii_case("pgmeridian.causal_token")
+}
+
+/// `SET pgmeridian.causal_token` value: one word or string.
+fn causal_token(value: Option<Token<'_>>, count: usize) -> Class {
+    let text = match value {
+        Some(t) if count == 1 => t.string_body().or_else(|| t.name()),
+        _ => None,
+    };
+    match text.and_then(|t| std::str::from_utf8(t).ok()) {
+        Some(t) => Class::CausalToken(Some(t.to_owned())),
+        None => Class::Unknown,
+    }
+}
+
 /// `role` / `session_authorization` set through the generic GUC syntax.
 fn identity_pin(name: &str) -> Option<PinReason> {
     match name {
@@ -201,6 +222,9 @@ pub(super) fn set(sql: &str, mut lx: Lexer<'_>) -> Class {
     if is_route(&name) {
         return route_hint(first, count);
     }
+    if is_causal_token(&name) {
+        return causal_token(first, count);
+    }
     if let Some(reason) = identity_pin(&name) {
         return pin_unless_local(reason);
     }
@@ -264,6 +288,8 @@ fn route_hint(value: Option<Token<'_>>, count: usize) -> Class {
 fn reset_name(name: String) -> Class {
     if is_route(&name) {
         Class::RouteHint(Hint::Auto)
+    } else if is_causal_token(&name) {
+        Class::CausalToken(None)
     } else if let Some(reason) = identity_pin(&name) {
         Class::Pin(reason)
     } else if is_transaction_guc(&name) {

@@ -226,7 +226,7 @@ fn ranking_table() {
             replicas: vec![behind(r(EU, "eu", 1)), r(US, "us", 1)],
             allowed: &[],
             session: SessionRoute {
-                requirement: Requirement::Lsn(500),
+                requirement: Requirement::lsn(500),
                 ..s
             },
             want: route(Target::Replica(1), Reason::ReadNearest),

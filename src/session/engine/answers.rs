@@ -9,12 +9,11 @@ use bytes::Buf;
 use super::expect::{Outcome, ProxyUnit, Sink, Unit};
 use super::*;
 use crate::classify::{Class, Setting};
-use crate::config::ReadYourWrites;
 use crate::error::sqlstate;
 use crate::protocol::backend::{ErrorFields, TxnStatus};
 use crate::protocol::frame::{self, peek_header};
 use crate::protocol::tag::backend as btag;
-use crate::route::{self, Requirement, Target};
+use crate::route::Target;
 
 /// A CommandComplete tag of DDL, after which statements prepared earlier may be stale.
 fn changes_schema(tag: &[u8]) -> bool {
@@ -75,7 +74,7 @@ impl Engine {
                         return;
                     }
                 };
-                if !streamed(header.tag) {
+                if !streamed(header.tag) || server.owed.commit_lsn_next() {
                     break;
                 }
                 if run + header.total_len > inbuf.len() {
@@ -116,7 +115,7 @@ impl Engine {
                 server.remaining = header.total_len;
                 server.remaining_sink = sink;
                 server.dirty |= outcome.confused;
-                self.on_outcome(slot, outcome, env);
+                self.on_outcome(slot, outcome, b, env);
                 continue;
             }
             if inbuf.len() < header.total_len {
@@ -176,7 +175,12 @@ impl Engine {
                     && ErrorFields::parse(frame::body(msg)).is_some_and(|f| f.is_fatal());
             }
             let bytes = outcome.replace.as_deref().unwrap_or(msg);
-            if server.retry.is_some() {
+            if outcome.ready.is_some() && server.owed.commit_lsn_next() {
+                // The proxy's position query behind this commit answers next; the client's
+                // ReadyForQuery waits for it (and the token it yields) to be first.
+                b.client_out.unsplit(server.tentative.split());
+                server.held_ready = Some(BytesMut::from(bytes));
+            } else if server.retry.is_some() {
                 if outcome.ready.is_some() {
                     // The end of a retryable batch: what was held goes out before it.
                     server.retry = None;
@@ -194,11 +198,11 @@ impl Engine {
                 b.client_out.extend_from_slice(bytes);
             }
         }
-        self.on_outcome(slot, outcome, env);
+        self.on_outcome(slot, outcome, b, env);
     }
 
     /// Acts on what a message meant for the session: the safety net, transaction state.
-    fn on_outcome(&mut self, slot: Slot, outcome: Outcome, env: &Env) {
+    fn on_outcome(&mut self, slot: Slot, outcome: Outcome, b: &mut Buffers, env: &Env) {
         if let Some(e) = &outcome.client_error {
             if stale_statement(e) {
                 // A schema change the proxy did not see (made behind its back): statements are
@@ -209,7 +213,7 @@ impl Engine {
             self.on_client_error(slot, e);
         }
         if let Some((status, unit)) = outcome.ready {
-            self.on_ready(slot, status, &unit, env);
+            self.on_ready(slot, status, &unit, b, env);
         }
     }
 
@@ -231,10 +235,15 @@ impl Engine {
     }
 
     /// A ReadyForQuery ended a unit on `slot`.
-    fn on_ready(&mut self, slot: Slot, status: TxnStatus, unit: &Unit, env: &Env) {
+    fn on_ready(&mut self, slot: Slot, status: TxnStatus, unit: &Unit, b: &mut Buffers, env: &Env) {
         match unit.proxy {
             Some(ProxyUnit::Settings) if unit.errored => {
                 self.settings_replay_failed(slot, env);
+                return;
+            }
+            Some(ProxyUnit::CommitLsn) => {
+                let committed = status == TxnStatus::Idle && !unit.errored;
+                self.commit_position(slot, committed, unit.lsn, b, env);
                 return;
             }
             Some(_) => return,
@@ -278,7 +287,10 @@ impl Engine {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 if slot == Slot::Primary && (unit.wrote || self.txn_wrote) {
-                    self.after_write(env);
+                    let exact_follows = self
+                        .server(slot)
+                        .is_some_and(|s| s.owed.commit_lsn_next());
+                    self.after_write(exact_follows, env);
                 }
                 self.txn_wrote = false;
                 self.route.txn_target = None;
@@ -354,29 +366,6 @@ impl Engine {
         if matches!(setting, Setting::DiscardAll) {
             self.statements.clear_named();
         }
-    }
-
-    /// The session's write committed on the primary: later reads must see it.
-    fn after_write(&mut self, env: &Env) {
-        let now = env.now;
-        self.route.requirement = match self.topology.routing.read_your_writes {
-            ReadYourWrites::Lsn => Requirement::AwaitingSample(now),
-            ReadYourWrites::Window => {
-                let lag = self
-                    .cluster_health(env)
-                    .map(|c| {
-                        c.replicas
-                            .iter()
-                            .filter_map(|r| r.lag)
-                            .max()
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_default();
-                Requirement::Until(now + route::window_after_write(&self.topology.routing, lag))
-            }
-            ReadYourWrites::Off => Requirement::None,
-        };
-        self.write_pin_started(now);
     }
 
     /// After answers were processed: an idle connection frees the session to send what waits,

@@ -136,11 +136,18 @@ impl Engine {
                 class = Class::Write;
             }
         }
-        let held = if let (Class::RouteHint(h), true) = (&class, batch.simple_query) {
-            Held::Answer {
-                reply: LocalReply::RouteHint(*h),
+        if let Some(text) = batch.causal_token.clone() {
+            if let Err(e) = self.present_token(&text, env) {
+                // The statement does not run: its hint was not one the proxy can follow.
+                self.held = Some(Held::Answer {
+                    reply: LocalReply::Refuse(e),
+                });
+                self.release_held(b, env);
+                return;
             }
-        } else if let Some(reply) = self.answered_here(&batch) {
+        }
+        self.flush_notices(&mut b.client_out);
+        let held = if let Some(reply) = self.answered_here(&batch) {
             Held::Answer { reply }
         } else if let Some(slot) = self.bound_slot() {
             let replica = self
@@ -186,18 +193,6 @@ impl Engine {
         };
         self.held = Some(held);
         self.release_held(b, env);
-    }
-
-    /// A DEALLOCATE of statements that live only in the proxy is answered by it.
-    fn answered_here(&self, batch: &Batch) -> Option<LocalReply> {
-        match batch.deallocate.as_ref()? {
-            Some(name) if self.statements.get(name).is_some() => {
-                Some(LocalReply::Deallocate(name.clone()))
-            }
-            // SQL-level PREPAREd statements exist only on a pinned session's connection.
-            None if !self.route.pinned => Some(LocalReply::DeallocateAll),
-            _ => None,
-        }
     }
 
     /// The connection a batch must follow whatever its class: the rest of a batch whose first
@@ -386,45 +381,6 @@ impl Engine {
         self.end_with(e);
     }
 
-    fn answer_locally(&mut self, reply: LocalReply, b: &mut Buffers, env: &Env) {
-        let out = &mut b.client_out;
-        match reply {
-            LocalReply::RouteHint(h) => {
-                self.route.route_override = Some(h);
-                out.extend_from_slice(b"C\0\0\0\x08SET\0");
-            }
-            LocalReply::Refuse(e) => {
-                self.obs.count_error(e.kind);
-                e.encode(out);
-            }
-            LocalReply::Deallocate(name) => {
-                if self.route.txn == TxnStatus::Failed {
-                    aborted().encode(out);
-                } else {
-                    self.statements.remove(&name);
-                    out.extend_from_slice(b"C\0\0\0\x0fDEALLOCATE\0");
-                }
-            }
-            LocalReply::DeallocateAll => {
-                if self.route.txn == TxnStatus::Failed {
-                    aborted().encode(out);
-                } else {
-                    self.statements.clear_named();
-                    out.extend_from_slice(b"C\0\0\0\x13DEALLOCATE ALL\0");
-                }
-            }
-            LocalReply::Inert(batch) => {
-                for m in &batch.msgs {
-                    if let batch::Msg::CloseStatement = m {
-                        out.extend_from_slice(b"3\0\0\0\x04");
-                    }
-                }
-            }
-        }
-        encode::ready_for_query(out, self.route.txn);
-        let _ = env;
-    }
-
     /// After a reload, moves the session to the new topology at a point where nothing is in
     /// flight and no transaction is open (a transaction finishes on the snapshot it began
     /// with). A connection to a node that left or changed is given back.
@@ -497,10 +453,8 @@ impl Engine {
         hint: Option<Hint>,
         env: &Env,
     ) -> Result<(Target, Reason), ClientError> {
+        self.route.requirement = self.effective_requirement(env);
         let cluster_health = self.cluster_health(env);
-        if let Some(h) = &cluster_health {
-            self.route.requirement = self.route.requirement.resolve(&h.primary_samples);
-        }
         self.route.current_replica = self.server(Slot::Replica).and_then(|s| s.replica);
         let input = RouteInput {
             class,
@@ -572,12 +526,4 @@ impl Engine {
             self.on_client_input(b, env);
         }
     }
-}
-
-/// What PostgreSQL says to anything but ROLLBACK in a failed transaction.
-fn aborted() -> ClientError {
-    ClientError::error(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
 }

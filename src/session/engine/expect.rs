@@ -58,6 +58,8 @@ pub struct Unit {
     pub sent_at: Option<std::time::Instant>,
     /// Statements it deallocates on the server (a forwarded DEALLOCATE ALL).
     pub drops_all_statements: bool,
+    /// The WAL position a `CommitLsn` unit read.
+    pub lsn: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,9 @@ pub enum ProxyUnit {
     Settings,
     /// Closing least recently used statements.
     Evict,
+    /// `SELECT pg_current_wal_insert_lsn()` right behind a batch that commits a write: a WAL
+    /// position at or after the commit, with no round trip of its own.
+    CommitLsn,
 }
 
 #[derive(Debug)]
@@ -306,6 +311,13 @@ impl Owed {
                 self.copy_in = true;
                 false
             }
+            (Kind::Query { unit }, b'D') if unit.proxy == Some(ProxyUnit::CommitLsn) => {
+                unit.lsn = body
+                    .and_then(crate::protocol::backend::first_column)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(crate::health::parse_lsn);
+                false
+            }
             (Kind::Query { .. }, b'C') => {
                 self.copy_in = false;
                 false
@@ -320,6 +332,18 @@ impl Owed {
             self.queue.pop_front();
         }
         out
+    }
+
+    /// The front is the proxy's commit-position query (its row must be read whole; the
+    /// ReadyForQuery of the client's unit just before it waits for it).
+    pub fn commit_lsn_next(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect {
+                kind: Kind::Query { unit },
+                ..
+            }) if unit.proxy == Some(ProxyUnit::CommitLsn)
+        )
     }
 
     /// Nothing owed, no COPY under way.

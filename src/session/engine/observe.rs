@@ -97,7 +97,7 @@ impl Engine {
     /// later write restarts it, since reads then wait for that one).
     pub(crate) fn write_pin_started(&mut self, now: Instant) {
         self.obs.write_pin = WritePin {
-            since: (self.route.requirement != Requirement::None).then_some(now),
+            since: (self.own != Requirement::NONE).then_some(now),
             held_reads: false,
         };
     }

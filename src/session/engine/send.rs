@@ -15,6 +15,10 @@ use crate::protocol::tag;
 
 use super::super::batch::{self, Msg, StatementDef, Use};
 
+/// At or after the end of every commit record already inserted (`pg_current_wal_lsn()` may
+/// trail it with `synchronous_commit = off`).
+const COMMIT_LSN_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
+
 /// A statement name no server connection ever has: a Bind to it fails with 26000, which makes
 /// the server skip to the next Sync exactly as the client's own refused message would have.
 const NO_SUCH_STATEMENT: &[u8] = b"\x01pgmeridian-none";
@@ -50,6 +54,14 @@ impl Engine {
             Class::Begin { .. } | Class::Write | Class::Unknown | Class::Pin(_)
         );
         let autocommit = self.route.txn == TxnStatus::Idle && !self.txn_may_be_opening;
+        // A batch that may commit a write on the primary gets the proxy's own position query
+        // right behind it (same write, no round trip): the exact commit position.
+        let capture = slot == Slot::Primary
+            && self.topology.routing.read_your_writes == crate::config::ReadYourWrites::Lsn
+            && batch.completes
+            && ((wrote && autocommit)
+                || (matches!(class, Class::End)
+                    && (self.route.txn == TxnStatus::InTransaction || self.txn_may_be_opening)));
         let max_prepared = self.cluster.pooling.max_prepared_statements;
         let epoch = env.schema_epoch.load(std::sync::atomic::Ordering::Relaxed);
         let out = &mut b.server_out[slot.index()];
@@ -91,6 +103,16 @@ impl Engine {
         };
         write_messages(server, &batch, unit, epoch, out);
         server.open_batch = !batch.completes;
+        if capture {
+            let _ = postgres_protocol::message::frontend::query(COMMIT_LSN_SQL, out);
+            let unit = Unit {
+                proxy: Some(ProxyUnit::CommitLsn),
+                ..Unit::default()
+            };
+            server
+                .owed
+                .push(Kind::Query { unit }, Origin::Proxy, Effect::default());
+        }
         if retryable {
             server.retry = Some(Retry {
                 batch: Box::new(batch),

@@ -101,6 +101,26 @@ pub(super) fn error(code: &str, message: &str) -> Bytes {
     crate::protocol::encode::error_response(&mut b, "ERROR", code, message, None, None);
     b.freeze()
 }
+/// The answer to the proxy's `SELECT pg_current_wal_insert_lsn()` behind a commit.
+pub(super) fn position(lsn: &str) -> [Bytes; 4] {
+    [
+        msg(
+            b'T',
+            b"\0\x01pg_current_wal_insert_lsn\0\0\0\0\0\0\0\0\0\x0c\xdc\0\x08\xff\xff\xff\xff\0\0",
+        ),
+        row(lsn),
+        complete("SELECT 1"),
+        ready(b'I'),
+    ]
+}
+
+/// `answer` followed by the answer to the position query behind it.
+pub(super) fn with_position(answer: &[Bytes], lsn: &str) -> Vec<Bytes> {
+    let mut v = answer.to_vec();
+    v.extend(position(lsn));
+    v
+}
+
 pub(super) fn parse_complete() -> Bytes {
     msg(b'1', b"")
 }
@@ -146,6 +166,7 @@ pub(super) struct Harness {
     pub metrics: Metrics,
     pub learned: LearnedWrites,
     pub epoch: std::sync::atomic::AtomicU64,
+    pub scopes: crate::causal::Scopes,
     pub cancels: Arc<CancelRegistry>,
     pub cancel: (i32, i32),
     pub now: Instant,
@@ -197,6 +218,8 @@ impl Harness {
             },
             cancel: handle,
             settings: Settings::default(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            causal_token: None,
             topology: topology.clone(),
             cluster,
         });
@@ -208,6 +231,7 @@ impl Harness {
             metrics: Metrics::new(),
             learned: LearnedWrites::default(),
             epoch: Default::default(),
+            scopes: Default::default(),
             cancels,
             cancel,
             now: Instant::now(),
@@ -224,6 +248,7 @@ impl Harness {
             metrics: &self.metrics,
             learned: &self.learned,
             schema_epoch: &self.epoch,
+            scopes: &self.scopes,
             now: self.now,
         };
         f(&mut self.engine, &mut self.b, &env);

@@ -26,10 +26,10 @@ fn flush_before_sync_keeps_the_lease_and_answers_flow_at_once() {
     h.no_actions();
     h.client(&[bind("s"), execute(), sync()]);
     h.no_actions();
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "BES");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "BESQ");
     h.server(
         Slot::Primary,
-        &[bind_complete(), complete("INSERT 0 1"), ready(b'I')],
+        &with_position(&[bind_complete(), complete("INSERT 0 1"), ready(b'I')], "0/10"),
     );
     assert_eq!(tags(&h.client_got()), "2CZ");
     assert!(h.take_release(Slot::Primary).1);
@@ -47,18 +47,16 @@ fn an_error_in_a_pipeline_skips_to_sync_and_the_next_batch_runs() {
         query("select 2"),
     ]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBESQ");
-    h.server(
-        Slot::Primary,
-        &[
-            parse_complete(),
-            bind_complete(),
-            error("23505", "duplicate key"),
-            ready(b'I'),
-            complete("SELECT 1"),
-            ready(b'I'),
-        ],
-    );
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBESQQ");
+    let mut answer = vec![
+        parse_complete(),
+        bind_complete(),
+        error("23505", "duplicate key"),
+        ready(b'I'),
+    ];
+    answer.extend(position("0/10"));
+    answer.extend([complete("SELECT 1"), ready(b'I')]);
+    h.server(Slot::Primary, &answer);
     // The CloseComplete the proxy owed was skipped with the rest of the failed batch.
     assert_eq!(tags(&h.client_got()), "12EZCZ");
     assert!(h.take_release(Slot::Primary).1);
@@ -77,7 +75,7 @@ fn libpq_pipeline_in_a_transaction_with_a_failing_statement_does_not_hang() {
     msgs.extend([parse("", "COMMIT"), bind(""), execute(), sync()]);
     h.client(&msgs);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBEPBEBEBEBEBEPBES");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBEPBEBEBEBEBEPBESQ");
     h.server(
         Slot::Primary,
         &[
@@ -91,6 +89,9 @@ fn libpq_pipeline_in_a_transaction_with_a_failing_statement_does_not_hang() {
             complete("INSERT 0 1"),
             bind_complete(),
             error("23505", "duplicate key value violates unique constraint"),
+            ready(b'E'),
+            // The proxy's position query, in the failed transaction: refused, swallowed.
+            error("25P02", "current transaction is aborted"),
             ready(b'E'),
         ],
     );
@@ -110,7 +111,7 @@ fn extended_copy_from_with_libpqs_second_sync() {
     let mut h = Harness::new();
     h.client(&[parse("", "copy t from stdin"), bind(""), execute(), sync()]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBES");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBESQ");
     h.server(
         Slot::Primary,
         &[parse_complete(), bind_complete(), msg(b'G', b"\0\0\0")],
@@ -120,7 +121,11 @@ fn extended_copy_from_with_libpqs_second_sync() {
     h.no_actions();
     assert_eq!(tags(&h.server_got(Slot::Primary)), "ddcS");
     // The first Sync was ignored during COPY; the server answers the second one.
-    h.server(Slot::Primary, &[complete("COPY 2"), ready(b'I')]);
+    // (Then the proxy's position query, which the server received before the data.)
+    h.server(
+        Slot::Primary,
+        &with_position(&[complete("COPY 2"), ready(b'I')], "0/10"),
+    );
     assert_eq!(tags(&h.client_got()), "CZ");
     assert!(h.take_release(Slot::Primary).1);
     assert!(h.engine.quiescent(&h.b));
@@ -147,7 +152,10 @@ fn simple_copy_out_streams_rows_and_copy_in_routes_data() {
     h.server(Slot::Primary, &[msg(b'G', b"\0\0\0")]);
     h.client(&[msg(b'd', b"1\n"), msg(b'c', b"")]);
     assert_eq!(tags(&h.server_got(Slot::Primary)), "dc");
-    h.server(Slot::Primary, &[complete("COPY 1"), ready(b'I')]);
+    h.server(
+        Slot::Primary,
+        &with_position(&[complete("COPY 1"), ready(b'I')], "0/10"),
+    );
     assert_eq!(tags(&h.client_got()), "GCZ");
     assert!(h.take_release(Slot::Primary).1);
 }

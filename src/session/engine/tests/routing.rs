@@ -37,15 +37,17 @@ fn a_write_goes_to_the_primary_and_sets_read_your_writes() {
     let mut h = Harness::new();
     h.client(&[query("insert into t values (1)")]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
+    let got = h.server_got(Slot::Primary);
+    assert_eq!(tags(&got), "QQ", "the write, then the proxy's position query");
+    assert_eq!(got[1].text(), "SELECT pg_current_wal_insert_lsn()|");
     h.server(Slot::Primary, &[complete("INSERT 0 1"), ready(b'I')]);
-    assert_eq!(tags(&h.client_got()), "CZ");
+    // The client's ReadyForQuery waits for the position, so the token comes before it.
+    assert_eq!(tags(&h.client_got()), "C");
+    h.server(Slot::Primary, &position("0/3000060"));
+    assert_eq!(tags(&h.client_got()), "Z");
     assert!(h.take_release(Slot::Primary).1);
-    assert!(matches!(
-        h.engine.route.requirement,
-        crate::route::Requirement::AwaitingSample(_)
-    ));
-    // Until a sample resolves it, the next read stays on the primary.
+    assert_eq!(h.engine.own, crate::route::Requirement::lsn(0x300_0060));
+    // The replica (at 100) has not replayed it: the next read stays on the primary.
     h.client(&[query("select 1")]);
     h.grant(Slot::Primary);
     assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
@@ -65,7 +67,10 @@ fn a_transaction_keeps_its_lease_until_it_ends() {
     h.server(Slot::Primary, &[complete("SELECT 1"), ready(b'T')]);
     h.no_actions();
     h.client(&[query("commit")]);
-    h.server(Slot::Primary, &[complete("COMMIT"), ready(b'I')]);
+    h.server(
+        Slot::Primary,
+        &with_position(&[complete("COMMIT"), ready(b'I')], "0/10"),
+    );
     assert_eq!(tags(&h.client_got()), "CZCZCZ");
     assert!(h.take_release(Slot::Primary).1);
     h.no_actions();
@@ -76,18 +81,21 @@ fn pipelined_batches_behind_a_begin_follow_it_without_a_second_lease() {
     let mut h = Harness::new();
     h.client(&[query("begin"), query("select 1"), query("commit")]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQ");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQQ");
     h.no_actions();
     h.server(
         Slot::Primary,
-        &[
-            complete("BEGIN"),
-            ready(b'T'),
-            complete("SELECT 1"),
-            ready(b'T'),
-            complete("COMMIT"),
-            ready(b'I'),
-        ],
+        &with_position(
+            &[
+                complete("BEGIN"),
+                ready(b'T'),
+                complete("SELECT 1"),
+                ready(b'T'),
+                complete("COMMIT"),
+                ready(b'I'),
+            ],
+            "0/10",
+        ),
     );
     assert_eq!(tags(&h.client_got()), "CZCZCZ");
     assert!(h.take_release(Slot::Primary).1);
@@ -99,9 +107,13 @@ fn a_read_pipelined_behind_a_write_follows_it_to_the_primary() {
     h.client(&[query("insert into t values (1)"), query("select 1")]);
     h.grant(Slot::Primary);
     h.no_actions();
-    // The read was sent behind the write on the same connection: it sees the write.
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
-    h.server(Slot::Primary, &[complete("INSERT 0 1"), ready(b'I')]);
+    // The read was sent behind the write (and its position query) on the same connection: it
+    // sees the write.
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQ");
+    h.server(
+        Slot::Primary,
+        &with_position(&[complete("INSERT 0 1"), ready(b'I')], "0/10"),
+    );
     h.no_actions();
     h.server(Slot::Primary, &[complete("SELECT 1"), ready(b'I')]);
     assert!(h.take_release(Slot::Primary).1);
@@ -119,7 +131,7 @@ fn a_batch_for_the_other_node_waits_until_the_first_is_answered() {
     h.server(Slot::Replica, &select_answer());
     assert!(h.take_release(Slot::Replica).1);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
     assert_eq!(tags(&h.client_got()), "TDCZ");
 }
 
@@ -157,12 +169,15 @@ fn a_sticky_feature_pins_the_session_to_a_dedicated_primary_connection() {
         }
     )));
     h.pending.clear();
-    h.server(Slot::Primary, &[complete("CREATE TABLE"), ready(b'I')]);
+    h.server(
+        Slot::Primary,
+        &with_position(&[complete("CREATE TABLE"), ready(b'I')], "0/10"),
+    );
     h.no_actions();
     // Reads stay there too, on the same connection.
     h.client(&[query("select 1")]);
     h.no_actions();
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQ");
     let mut b = std::mem::take(&mut h.b);
     h.engine.finish(&mut b);
     h.b = b;

@@ -26,10 +26,10 @@ fn a_write_the_replica_refuses_runs_again_on_the_primary_invisibly() {
     );
     assert!(h.take_release(Slot::Replica).1);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
     h.server(
         Slot::Primary,
-        &[row("1"), complete("SELECT 1"), ready(b'I')],
+        &with_position(&[row("1"), complete("SELECT 1"), ready(b'I')], "0/10"),
     );
     assert_eq!(tags(&h.client_got()), "DCZ");
     assert!(h.take_release(Slot::Primary).1);
@@ -107,7 +107,9 @@ fn settings_follow_the_session_to_every_connection() {
     h.client(&[query("insert into t values (1)")]);
     h.take_acquire(Slot::Primary);
     h.grant_state(Slot::Primary, *primary_conn);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
+    let got = h.server_got(Slot::Primary);
+    assert_eq!(tags(&got), "QQ", "the insert and the proxy's position query");
+    assert!(got[0].text().starts_with("insert"), "{}", got[0].text());
 }
 
 #[test]
@@ -138,16 +140,15 @@ fn a_replay_a_replica_refuses_moves_the_read_and_the_session_to_the_primary() {
         "its settings are unknown now"
     );
     h.grant(Slot::Primary);
-    // A fresh primary connection gets the settings first too.
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
+    // A fresh primary connection gets the settings first too; the read, now known as a write,
+    // has the position query behind it.
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQ");
     h.server(
         Slot::Primary,
-        &[
-            complete("SET"),
-            ready(b'I'),
-            complete("SELECT 1"),
-            ready(b'I'),
-        ],
+        &with_position(
+            &[complete("SET"), ready(b'I'), complete("SELECT 1"), ready(b'I')],
+            "0/10",
+        ),
     );
     assert_eq!(tags(&h.client_got()), "CZ");
     assert!(h.engine.route.pinned);

@@ -282,12 +282,15 @@ fn after_ddl_statements_are_prepared_afresh_under_new_names() {
     let before = stmt_name(&h.server_got(Slot::Primary)[0]);
     h.server(
         Slot::Primary,
-        &[
-            parse_complete(),
-            bind_complete(),
-            complete("INSERT 0 1"),
-            ready(b'I'),
-        ],
+        &with_position(
+            &[
+                parse_complete(),
+                bind_complete(),
+                complete("INSERT 0 1"),
+                ready(b'I'),
+            ],
+            "0/10",
+        ),
     );
     let (conn, _) = h.take_release(Slot::Primary);
     h.client_got();
@@ -298,7 +301,10 @@ fn after_ddl_statements_are_prepared_afresh_under_new_names() {
     h.server_got(Slot::Primary);
     h.server(
         Slot::Primary,
-        &[complete("DROP TYPE"), complete("CREATE TYPE"), ready(b'I')],
+        &with_position(
+            &[complete("DROP TYPE"), complete("CREATE TYPE"), ready(b'I')],
+            "0/20",
+        ),
     );
     let (conn, _) = h.take_release(Slot::Primary);
     h.client_got();
@@ -308,7 +314,7 @@ fn after_ddl_statements_are_prepared_afresh_under_new_names() {
     let got = h.server_got(Slot::Primary);
     assert_eq!(
         tags(&got),
-        "PBES",
+        "PBESQ",
         "prepared again although the connection has the old one"
     );
     let after = stmt_name(&got[0]);
