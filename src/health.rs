@@ -107,6 +107,15 @@ impl ClusterHealth {
         None
     }
 
+    /// The probe round trip of the node acting as primary.
+    pub fn acting_primary_rtt(&self) -> Option<std::time::Duration> {
+        match self.primary_view() {
+            PrimaryView::One(0) => self.primary.rtt,
+            PrimaryView::One(i) => self.replicas.get(i - 1)?.rtt,
+            _ => None,
+        }
+    }
+
     pub fn primary_view(&self) -> PrimaryView {
         let nodes = std::iter::once(&self.primary).chain(&self.replicas);
         if nodes.clone().all(|n| n.in_recovery.is_none() && !n.up) {

@@ -49,6 +49,9 @@ pub enum Reason {
     NoPrimary,
     /// Refused: more than one node claims to be the primary.
     PrimaryConflict,
+    /// A read that needed a WAL position waited for the nearest replica to replay it, since
+    /// that was expected to be faster than the primary (`routing.causal_wait_max`).
+    WaitedForReplica,
 }
 
 impl Reason {
@@ -67,6 +70,7 @@ impl Reason {
             Reason::ReadRetry => "read_retry",
             Reason::NoPrimary => "no_primary",
             Reason::PrimaryConflict => "primary_conflict",
+            Reason::WaitedForReplica => "waited_for_replica",
         }
     }
 }
@@ -79,6 +83,9 @@ pub enum Decision {
     },
     /// `no_eligible_replica: error` and no replica qualifies for a read.
     Refuse(Reason),
+    /// The read needs WAL position `lsn`, which replica `replica` is expected to replay sooner
+    /// than the primary could answer: wait for it there, at most `routing.causal_wait_max`.
+    Wait { replica: usize, lsn: u64 },
 }
 
 /// What a session's next reads must wait for: its own last write, a causal token it was
@@ -245,6 +252,10 @@ pub fn decide(input: &RouteInput) -> Decision {
             target: Target::Replica(i),
             reason,
         },
+        Err(Reason::PinnedAfterWrite) if worth_waiting(input).is_some() => {
+            let (replica, lsn) = worth_waiting(input).unwrap_or_default();
+            Decision::Wait { replica, lsn }
+        }
         // Pinned to a primary that is gone: waiting cannot help (no new WAL position will be
         // sampled), and "reads continue from replicas" wins over a guarantee nobody can give.
         Err(Reason::PinnedAfterWrite) if no_primary(input) => {
@@ -258,6 +269,29 @@ pub fn decide(input: &RouteInput) -> Decision {
         }
         Err(reason) => fallback(input, reason),
     }
+}
+
+/// When a read's position is not replayed anywhere yet: whether the best replica (ignoring
+/// the position) is expected to replay it and answer sooner than the primary would answer,
+/// within `routing.causal_wait_max`. The expected wait is the replica's measured lag; both
+/// sides pay their probe round trip.
+fn worth_waiting(input: &RouteInput) -> Option<(usize, u64)> {
+    let max = input.policy.causal_wait_max;
+    let need = input.session.requirement.lsn?;
+    if max.is_zero() || input.session.requirement.sample_after.is_some() {
+        return None;
+    }
+    let health = input.health?;
+    let until_ok = input
+        .session
+        .requirement
+        .until
+        .is_none_or(|t| input.now >= t);
+    let (i, _) = best_replica(input, Requirement::NONE).ok()?;
+    let replica = health.replicas.get(i)?;
+    let primary_rtt = health.acting_primary_rtt()?;
+    let expected = replica.lag.unwrap_or_default() + replica.rtt?;
+    (until_ok && expected <= max && expected < primary_rtt).then_some((i, need))
 }
 
 fn no_primary(input: &RouteInput) -> bool {

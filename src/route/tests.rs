@@ -538,3 +538,75 @@ fn great_circle_distances_match_known_city_pairs() {
 }
 
 mod ranking;
+
+#[test]
+fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
+    let t0 = Instant::now();
+    let c = cluster();
+    let ms = Duration::from_millis;
+    // The primary is far (180 ms); the EU replica is 1 ms away and replays 30 ms behind, at
+    // position 900 (the read needs 950).
+    let with = |replica_lag: u64, replica_rtt: u64, primary_rtt: u64| {
+        let mut h = health(vec![
+            NodeHealth {
+                rtt: Some(ms(300)),
+                ..replica(900, 10)
+            },
+            NodeHealth {
+                rtt: Some(ms(replica_rtt)),
+                ..replica(900, replica_lag)
+            },
+        ]);
+        h.primary.rtt = Some(ms(primary_rtt));
+        h
+    };
+    let need = |lsn| SessionRoute {
+        requirement: Requirement::lsn(lsn),
+        ..SessionRoute::default()
+    };
+    let cases = [
+        ("near replica, far primary: wait", with(30, 1, 180), need(950), 200, Decision::Wait { replica: 1, lsn: 950 }),
+        ("waiting is off", with(30, 1, 180), need(950), 0, route(Target::Primary, Reason::PinnedAfterWrite)),
+        ("the primary is nearer than the wait", with(30, 1, 20), need(950), 200, route(Target::Primary, Reason::PinnedAfterWrite)),
+        ("the replica lags more than the bound", with(300, 1, 900), need(950), 200, route(Target::Primary, Reason::PinnedAfterWrite)),
+        ("already replayed: no wait at all", with(30, 1, 180), need(900), 200, route(Target::Replica(1), Reason::ReadNearest)),
+    ];
+    for (name, h, session, wait_ms, want) in cases {
+        let policy = Routing {
+            causal_wait_max: ms(wait_ms),
+            ..Routing::default()
+        };
+        let input = RouteInput {
+            class: &Class::Read,
+            hint: None,
+            session: &session,
+            cluster: &c,
+            health: Some(&h),
+            policy: &policy,
+            location: US,
+            now: t0,
+        };
+        assert_eq!(decide(&input), want, "{name}");
+    }
+    // A position still awaiting its probe sample cannot be waited for.
+    let awaiting = SessionRoute {
+        requirement: Requirement::awaiting(t0),
+        ..SessionRoute::default()
+    };
+    let policy = Routing {
+        causal_wait_max: ms(200),
+        ..Routing::default()
+    };
+    let h = with(30, 1, 180);
+    let input = RouteInput {
+        class: &Class::Read,
+        hint: None,
+        session: &awaiting,
+        cluster: &c,
+        health: Some(&h),
+        policy: &policy,
+        location: US,
+        now: t0,
+    };
+    assert_eq!(decide(&input), route(Target::Primary, Reason::PinnedAfterWrite));
+}

@@ -191,6 +191,8 @@ pub(crate) enum Held {
         slot: Slot,
         reason: Reason,
         replica: Option<usize>,
+        /// Wait on the replica until it has replayed this WAL position before sending.
+        wait: Option<Wait>,
     },
     /// Answer in the proxy once nothing is in flight.
     Answer { reply: LocalReply },
@@ -210,6 +212,14 @@ pub(crate) enum LocalReply {
     DeallocateAll,
     /// A batch that only syncs or closes statements: nothing for a server to do.
     Inert(Batch),
+}
+
+/// A read waiting for its replica to replay a position (`routing.causal_wait_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wait {
+    pub(crate) lsn: u64,
+    /// The wait query is out on the replica.
+    pub(crate) sent: bool,
 }
 
 /// What a session starts with.
@@ -267,6 +277,8 @@ pub struct Engine {
     pub(crate) scope: Option<crate::causal::ScopeKey>,
     /// The token last reported to the client (ParameterStatus), to report only changes.
     pub(crate) reported_token: Option<String>,
+    /// The last decision said to wait on its replica for this position.
+    pub(crate) waiting_for: Option<u64>,
     /// NoticeResponses owed to the client before the next batch's answers.
     pub(crate) notices: Vec<String>,
     /// The last health snapshot seen, for this cluster: (snapshot, spec, aligned state).
@@ -320,6 +332,7 @@ impl Engine {
             pending_token: start.causal_token,
             scope: None,
             reported_token: None,
+            waiting_for: None,
             notices: Vec::new(),
         };
         engine.scope = scope;

@@ -241,6 +241,10 @@ impl Engine {
                 self.settings_replay_failed(slot, env);
                 return;
             }
+            Some(ProxyUnit::AwaitReplay) => {
+                self.wait_answered(!unit.errored);
+                return;
+            }
             Some(ProxyUnit::CommitLsn) => {
                 let committed = status == TxnStatus::Idle && !unit.errored;
                 self.commit_position(slot, committed, unit.lsn, b, env);
@@ -265,6 +269,7 @@ impl Engine {
                 slot: Slot::Primary,
                 reason: Reason::ReadonlyRetry,
                 replica: None,
+                wait: None,
             });
             return;
         }
@@ -395,7 +400,10 @@ impl Engine {
         if s.dedicated || s.farewell.is_some() {
             return s.farewell.is_some() && !s.dedicated;
         }
+        let wanted_next =
+            matches!(&self.held, Some(Held::Forward { slot: s, .. }) if *s == slot);
         self.mode == PoolMode::Transaction
+            && !wanted_next
             && self.route.txn == TxnStatus::Idle
             && !self.txn_may_be_opening
             && !(slot == Slot::Primary && self.route.pinned)
@@ -524,6 +532,7 @@ impl Engine {
         self.route.avoid = avoid;
         let decision = self.decide(&class, batch.hint, env);
         self.route.avoid = None;
+        let wait = self.waiting_for.take().map(|lsn| Wait { lsn, sent: false });
         self.held_after_retry = self.held.take();
         self.held = Some(match decision {
             Ok((Target::Replica(r), _)) => Held::Forward {
@@ -531,12 +540,14 @@ impl Engine {
                 slot: Slot::Replica,
                 reason: Reason::ReadRetry,
                 replica: Some(r),
+                wait,
             },
             Ok((Target::Primary, _)) => Held::Forward {
                 batch: *batch,
                 slot: Slot::Primary,
                 reason: Reason::ReadRetry,
                 replica: None,
+                wait: None,
             },
             Err(e) => Held::Answer {
                 reply: LocalReply::Refuse(e),

@@ -161,6 +161,60 @@ impl Engine {
         }
     }
 
+    /// Sends the wait for `lsn` on `slot`'s replica: a DO block that polls the replay position
+    /// every millisecond, in the replica's backend, and fails once `causal_wait_max` is up.
+    pub(super) fn send_wait(&mut self, slot: Slot, lsn: u64, b: &mut Buffers, env: &Env) {
+        let max_ms = self.topology.routing.causal_wait_max.as_millis().max(1);
+        let sql = format!(
+            "DO $pgmeridian$ BEGIN WHILE coalesce(pg_last_wal_replay_lsn() < '{:X}/{:X}'::pg_lsn, true) LOOP \
+             IF clock_timestamp() > statement_timestamp() + interval '{max_ms} milliseconds' THEN \
+             RAISE EXCEPTION 'pgmeridian: replay wait timed out'; END IF; \
+             PERFORM pg_sleep(0.001); END LOOP; END $pgmeridian$",
+            lsn >> 32,
+            lsn & 0xffff_ffff
+        );
+        let Some(server) = self.servers[slot.index()].as_mut() else {
+            return;
+        };
+        let _ = postgres_protocol::message::frontend::query(&sql, &mut b.server_out[slot.index()]);
+        let unit = super::expect::Unit {
+            proxy: Some(super::expect::ProxyUnit::AwaitReplay),
+            ..Default::default()
+        };
+        server.owed.push(
+            super::expect::Kind::Query { unit },
+            super::expect::Origin::Proxy,
+            super::expect::Effect::default(),
+        );
+        self.cancel.set_target(crate::cancel::CancelTarget {
+            node: server.state.node.clone(),
+            pid: server.state.pid,
+            key: server.state.key,
+        });
+        self.active = Some(slot);
+        let _ = env;
+    }
+
+    /// The replica answered the wait: the read goes there (`replayed`), else to the primary.
+    pub(super) fn wait_answered(&mut self, replayed: bool) {
+        if let Some(Held::Forward {
+            slot,
+            reason,
+            replica,
+            wait,
+            ..
+        }) = &mut self.held
+        {
+            *wait = None;
+            if !replayed {
+                tracing::debug!("the replica did not replay the position in time; reading from the primary");
+                *slot = Slot::Primary;
+                *reason = Reason::PinnedAfterWrite;
+                *replica = None;
+            }
+        }
+    }
+
     /// The token of what this session requires now (`SHOW pgmeridian.causal_token`): its own
     /// write or the tokens it was given, whichever is later; empty when there is none.
     pub(super) fn current_token(&mut self, env: &Env) -> String {

@@ -159,6 +159,7 @@ impl Engine {
                 slot,
                 reason: Reason::InTransaction,
                 replica,
+                wait: None,
             }
         } else if batch.inert && batch.completes {
             // A Sync with nothing before it (after Close only, say): no server needed.
@@ -173,12 +174,14 @@ impl Engine {
                     slot: Slot::Primary,
                     reason,
                     replica: None,
+                    wait: None,
                 },
                 Ok((Target::Replica(i), reason)) => Held::Forward {
                     batch,
                     slot: Slot::Replica,
                     reason,
                     replica: Some(i),
+                    wait: self.waiting_for.take().map(|lsn| Wait { lsn, sent: false }),
                 },
                 Err(e) if batch.completes => Held::Answer {
                     reply: LocalReply::Refuse(e),
@@ -188,6 +191,7 @@ impl Engine {
                     slot: Slot::Primary,
                     reason: Reason::NoReplicaFallback,
                     replica: None,
+                    wait: None,
                 },
             }
         };
@@ -241,6 +245,19 @@ impl Engine {
                         return;
                     }
                     if !self.lease_ready(slot, replica, b, env) {
+                        return;
+                    }
+                    if let Some(Held::Forward {
+                        wait: Some(w), ..
+                    }) = &mut self.held
+                    {
+                        // First the replica replays the position the read needs (or the wait
+                        // times out and the read goes to the primary): see `wait_answered`.
+                        if !w.sent {
+                            w.sent = true;
+                            let lsn = w.lsn;
+                            self.send_wait(slot, lsn, b, env);
+                        }
                         return;
                     }
                     let Some(Held::Forward {
@@ -466,8 +483,15 @@ impl Engine {
             location: self.location.at,
             now: env.now,
         };
+        self.waiting_for = None;
         match route::decide(&input) {
             Decision::Route { target, reason } => Ok((target, reason)),
+            Decision::Wait { replica, lsn } => {
+                // The caller picks the wait up (`waiting_for`); a caller that cannot wait
+                // sends the read to the replica only once it has the position.
+                self.waiting_for = Some(lsn);
+                Ok((Target::Replica(replica), Reason::WaitedForReplica))
+            }
             Decision::Refuse(reason) => {
                 env.metrics
                     .refused

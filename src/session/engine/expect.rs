@@ -71,6 +71,8 @@ pub enum ProxyUnit {
     /// `SELECT pg_current_wal_insert_lsn()` right behind a batch that commits a write: a WAL
     /// position at or after the commit, with no round trip of its own.
     CommitLsn,
+    /// On a replica, a wait until it has replayed the position a read needs.
+    AwaitReplay,
 }
 
 #[derive(Debug)]

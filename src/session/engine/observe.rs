@@ -126,7 +126,10 @@ impl Engine {
             (Slot::Primary, Reason::PinnedAfterWrite) => self.obs.write_pin.held_reads = true,
             (
                 Slot::Replica,
-                Reason::ReadNearest | Reason::LagExcluded | Reason::UnhealthyExcluded,
+                Reason::ReadNearest
+                | Reason::LagExcluded
+                | Reason::UnhealthyExcluded
+                | Reason::WaitedForReplica,
             ) => {
                 if self.obs.write_pin.held_reads {
                     env.metrics
