@@ -1,23 +1,99 @@
 //! Owns SQL classification for read/write routing (types, `classify`, multi-statement combining); pure: no I/O, clocks or randomness.
 
+pub mod encoding;
 mod lexer;
 mod rules;
 #[cfg(test)]
 mod tests;
 
+pub use encoding::ClientEncoding;
 use lexer::{Item, Kind, Lexer};
+use std::sync::Arc;
 
-/// Function names (lowercase) whose call makes a statement a write, besides the built-in list.
+/// What calling a function means for routing: the built-in lists, the configured
+/// `routing.write_functions` / `routing.read_functions`, and the cluster's catalog of volatile
+/// functions once loaded (a call of a volatile function is a write unless allow-listed).
 #[derive(Debug, Clone, Default)]
 pub struct WriteFunctions {
-    /// User-configured names; the built-ins (in `rules`) are always included.
+    /// User-configured write functions; the built-ins (in `rules`) are always included.
     extra: Vec<UserFunction>,
+    /// User-configured volatile functions that are safe on a replica.
+    reads: Vec<UserFunction>,
+    /// Names of the cluster's volatile functions (lowercase), from its catalog.
+    volatile: Option<Arc<VolatileFunctions>>,
+}
+
+/// The lowercase names of a database's volatile functions (`pg_proc.provolatile = 'v'`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VolatileFunctions {
+    names: std::collections::HashSet<Box<[u8]>>,
+}
+
+impl VolatileFunctions {
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> VolatileFunctions {
+        VolatileFunctions {
+            names: names
+                .into_iter()
+                .map(|n| {
+                    n.as_ref()
+                        .to_ascii_lowercase()
+                        .into_bytes()
+                        .into_boxed_slice()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn contains(&self, lowercase: &[u8]) -> bool {
+        self.names.contains(lowercase)
+    }
 }
 
 #[derive(Debug, Clone)]
 struct UserFunction {
     schema: Option<String>,
     name: String,
+}
+
+impl UserFunction {
+    /// A schema-qualified configured name also matches an unqualified call (the search path
+    /// may resolve to it).
+    fn matches(&self, schema: Option<&[u8]>, name: &[u8]) -> bool {
+        self.name.as_bytes().eq_ignore_ascii_case(name)
+            && match (&self.schema, schema) {
+                (Some(want), Some(got)) => want.as_bytes().eq_ignore_ascii_case(got),
+                _ => true,
+            }
+    }
+}
+
+/// "name" or "schema.name", any case, as configured.
+fn user_functions<I, S>(names: I) -> Vec<UserFunction>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let clean = |s: &str| s.trim().trim_matches('"').to_ascii_lowercase();
+    names
+        .into_iter()
+        .filter_map(|s| {
+            let s = s.as_ref().trim();
+            let (schema, name) = match s.rsplit_once('.') {
+                Some((schema, name)) => (Some(clean(schema)), clean(name)),
+                None => (None, clean(s)),
+            };
+            let schema = schema.filter(|s| !s.is_empty());
+            (!name.is_empty()).then_some(UserFunction { schema, name })
+        })
+        .collect()
 }
 
 impl WriteFunctions {
@@ -27,37 +103,52 @@ impl WriteFunctions {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let clean = |s: &str| s.trim().trim_matches('"').to_ascii_lowercase();
-        let extra = extra
-            .into_iter()
-            .filter_map(|s| {
-                let s = s.as_ref().trim();
-                let (schema, name) = match s.rsplit_once('.') {
-                    Some((schema, name)) => (Some(clean(schema)), clean(name)),
-                    None => (None, clean(s)),
-                };
-                let schema = schema.filter(|s| !s.is_empty());
-                (!name.is_empty()).then_some(UserFunction { schema, name })
-            })
-            .collect();
-        WriteFunctions { extra }
+        WriteFunctions {
+            extra: user_functions(extra),
+            ..WriteFunctions::default()
+        }
     }
 
-    /// What calling `schema.name(...)` does, if it is a known write function.
-    /// A schema-qualified configured name also matches an unqualified call
-    /// (the search path may resolve to it); built-ins match in any schema.
+    /// These, with `reads` (config `routing.read_functions`) allowed on replicas although
+    /// volatile.
+    pub fn with_reads<I, S>(mut self, reads: I) -> WriteFunctions
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.reads = user_functions(reads);
+        self
+    }
+
+    /// These, with a call of any of `volatile` (but the allow-listed) counted as a write.
+    pub fn with_catalog(&self, volatile: Arc<VolatileFunctions>) -> WriteFunctions {
+        WriteFunctions {
+            volatile: Some(volatile),
+            ..self.clone()
+        }
+    }
+
+    /// The catalog these were built with, if any.
+    pub fn catalog(&self) -> Option<&Arc<VolatileFunctions>> {
+        self.volatile.as_ref()
+    }
+
+    /// What calling `schema.name(...)` does, if it is a known write function. Built-ins
+    /// match in any schema.
     fn lookup(&self, schema: Option<&[u8]>, name: &[u8]) -> Option<rules::Effect> {
         if let Some(effect) = rules::builtin_effect(name) {
             return Some(effect);
         }
-        let hit = self.extra.iter().any(|f| {
-            f.name.as_bytes().eq_ignore_ascii_case(name)
-                && match (&f.schema, schema) {
-                    (Some(want), Some(got)) => want.as_bytes().eq_ignore_ascii_case(got),
-                    _ => true,
-                }
-        });
-        hit.then_some(rules::Effect::Write)
+        if self.extra.iter().any(|f| f.matches(schema, name)) {
+            return Some(rules::Effect::Write);
+        }
+        let volatile = self.volatile.as_ref()?;
+        let mut buf = [0u8; 64];
+        let lower = rules::lower(name, &mut buf)?;
+        let write = volatile.contains(lower)
+            && !rules::is_safe_volatile(lower)
+            && !self.reads.iter().any(|f| f.matches(schema, name));
+        write.then_some(rules::Effect::Write)
     }
 }
 
@@ -117,6 +208,8 @@ pub enum PinReason {
     MultiStatementSet,
     /// A serializable session default: a hot standby refuses serializable transactions.
     Serializable,
+    /// A setting written in a client encoding other than UTF-8, which cannot be replayed as text.
+    EncodedSetting,
 }
 
 impl PinReason {
@@ -133,6 +226,7 @@ impl PinReason {
             PinReason::SetConfig => "set_config",
             PinReason::MultiStatementSet => "multi_statement_set",
             PinReason::Serializable => "serializable",
+            PinReason::EncodedSetting => "encoded_setting",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Table-driven tests for `classify`, plus robustness and holdout checks.
 
-use super::{classify, Class, Hint, PinReason, Setting, WriteFunctions};
+use super::{classify, Class, Hint, PinReason, Setting, VolatileFunctions, WriteFunctions};
 
 mod holdout;
 mod robustness;
@@ -606,7 +606,10 @@ fn hints_come_from_leading_comments_only() {
 fn causal_tokens_come_from_leading_comments() {
     let wf = wf();
     let cases = [
-        ("/* pgmeridian:causal_token=pgm1:7:1:0/10 */ SELECT 1", Some("pgm1:7:1:0/10")),
+        (
+            "/* pgmeridian:causal_token=pgm1:7:1:0/10 */ SELECT 1",
+            Some("pgm1:7:1:0/10"),
+        ),
         (
             "/* pgmeridian:primary */ /* pgmeridian : causal_token = t */ SELECT 1",
             Some("t"),
@@ -639,6 +642,46 @@ fn write_functions_config_parsing() {
 }
 
 #[test]
+fn volatile_functions_from_the_catalog_are_writes_unless_allowed() {
+    let catalog = std::sync::Arc::new(VolatileFunctions::new([
+        "my_counter",
+        "audit_read",
+        "pg_sleep",
+        "random",
+        "pg_wal_replay_pause",
+        "pg_is_in_recovery",
+        "Mixed_Case",
+    ]));
+    let wf = WriteFunctions::new(["billing.charge"])
+        .with_reads(["audit_read", "app.my_counter"])
+        .with_catalog(catalog);
+    let cases: &[(&str, Class)] = &[
+        ("SELECT my_counter()", R), // allowed as app.my_counter: any unqualified call may be it
+        ("SELECT other.my_counter()", W),
+        ("SELECT app.my_counter()", R),
+        ("SELECT audit_read(1), x FROM t", R),
+        ("SELECT pg_sleep(10)", W),
+        ("SELECT pid, pg_wal_replay_pause() FROM pg_stat_activity", W),
+        ("SELECT random(), pg_is_in_recovery()", R),
+        ("SELECT mixed_case()", W),
+        ("SELECT \"MIXED_CASE\"()", W),
+        ("SELECT lower('A'), count(*) FROM t", R),
+        ("SELECT billing.charge(1)", W),
+        ("SELECT nextval('s')", W),
+        ("SELECT pg_advisory_lock(1)", pin(AdvisoryLock)),
+        // A name, not a call.
+        ("SELECT pg_sleep FROM t", R),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(classify(sql, &wf).class, *want, "{sql}");
+    }
+    // Without a catalog (not loaded yet, or switched off) only the lists apply.
+    let plain = WriteFunctions::new(["billing.charge"]);
+    assert_eq!(classify("SELECT pg_sleep(10)", &plain).class, R);
+    assert_eq!(classify("SELECT my_counter()", &plain).class, R);
+}
+
+#[test]
 fn pin_reason_names() {
     let all = [
         (TempTable, "temp_table"),
@@ -650,6 +693,8 @@ fn pin_reason_names() {
         (SqlPrepare, "sql_prepare"),
         (SetConfig, "set_config"),
         (MultiStatementSet, "multi_statement_set"),
+        (Serializable, "serializable"),
+        (EncodedSetting, "encoded_setting"),
     ];
     for (reason, name) in all {
         assert_eq!(reason.as_str(), name);

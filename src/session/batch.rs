@@ -2,6 +2,7 @@
 //! client's prepared statements (name → definition) and records per message what it means for
 //! a server connection (which statement a Bind uses, what a Parse defines). No I/O.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Range;
@@ -9,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::classify::{classify, Class, Hint, Setting, WriteFunctions};
+use crate::classify::{classify, Class, ClientEncoding, Hint, PinReason, Setting, WriteFunctions};
 use crate::protocol::frame::{self, read_cstr};
 use crate::protocol::tag;
 
@@ -157,26 +158,30 @@ pub struct Batch {
     pub causal_token: Option<String>,
 }
 
-/// Classifies `sql`, overriding a read with Write when replicas have refused this text
-/// (`shape`, computed only when something was learned) before. Text that is not UTF-8 cannot
-/// be read, so it is a write (fail closed).
+/// Classifies `sql`, read in the session's client encoding, overriding a read with Write when
+/// replicas have refused this text (`shape`, computed only when something was learned) before.
+/// Text that is not valid in its encoding cannot be read, so it is a write (fail closed).
 fn classify_learned(
     sql: &[u8],
     shape: impl FnOnce() -> u64,
-    writes: &WriteFunctions,
-    learned: &LearnedWrites,
+    ctx: &Ctx,
 ) -> crate::classify::Classified {
-    let Ok(text) = std::str::from_utf8(sql) else {
+    let Some(text) = ctx.encoding.readable(sql) else {
         return crate::classify::Classified {
             class: Class::Write,
             hint: None,
             causal_token: None,
         };
     };
-    let mut c = classify(text, writes);
+    let mut c = classify(&text, ctx.writes);
+    if matches!(text, Cow::Owned(_)) && matches!(c.class, Class::Session(_)) {
+        // Settings are replayed as UTF-8 text; this one stays on its server connection.
+        c.class = Class::Pin(PinReason::EncodedSetting);
+    }
+    let (learned, user) = (ctx.learned, ctx.user);
     if matches!(c.class, Class::Read | Class::Empty | Class::Begin { .. })
         && !learned.is_empty()
-        && learned.contains(shape())
+        && learned.contains(user, shape())
     {
         c.class = Class::Write;
     }
@@ -249,6 +254,10 @@ pub struct Ctx<'a> {
     pub learned: &'a LearnedWrites,
     /// Most named statements a session may keep.
     pub max_statements: usize,
+    /// How the client's SQL bytes form characters (its `client_encoding`).
+    pub encoding: ClientEncoding,
+    /// Whose learned writes apply.
+    pub user: &'a str,
 }
 
 /// Adds one extended-protocol or Query/FunctionCall message to `batch`, updating `statements`.
@@ -266,7 +275,7 @@ pub fn add(
     let (step, m) = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
-            let c = classify_learned(sql, || hash_of(sql), ctx.writes, ctx.learned);
+            let c = classify_learned(sql, || hash_of(sql), ctx);
             if c.causal_token.is_some() {
                 batch.causal_token = c.causal_token.clone();
             }
@@ -293,7 +302,7 @@ pub fn add(
             let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
             let name = String::from_utf8_lossy(name).into_owned();
             let key = key_of(rest);
-            let c = classify_learned(sql, || key as u64, ctx.writes, ctx.learned);
+            let c = classify_learned(sql, || key as u64, ctx);
             let def = Arc::new(StatementDef {
                 key,
                 body: msg.slice_ref(rest),

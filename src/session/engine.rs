@@ -13,6 +13,7 @@ use bytes::BytesMut;
 
 use super::batch::{Batch, LearnedWrites, Settings, Statements};
 use crate::cancel::CancelHandle;
+use crate::classify::ClientEncoding;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::geo::ClientLocation;
@@ -119,6 +120,8 @@ pub struct Env<'a> {
     pub scopes: &'a crate::causal::Scopes,
     /// Bumped whenever a session runs DDL: server statements prepared before are not reused.
     pub schema_epoch: &'a std::sync::atomic::AtomicU64,
+    /// Each cluster's volatile functions.
+    pub catalogs: &'a crate::catalog::Catalogs,
     pub now: Instant,
 }
 
@@ -235,6 +238,8 @@ pub struct Start {
     pub client_ip: std::net::IpAddr,
     /// A causal token given at startup (`pgmeridian.causal_token`).
     pub causal_token: Option<crate::causal::Token>,
+    /// The `client_encoding` the client was greeted with.
+    pub client_encoding: ClientEncoding,
 }
 
 /// One session's protocol state.
@@ -279,6 +284,10 @@ pub struct Engine {
     pub(crate) reported_token: Option<String>,
     /// The last decision said to wait on its replica for this position.
     pub(crate) waiting_for: Option<u64>,
+    /// The write functions with the cluster's catalog, as of (catalogs version, topology).
+    pub(crate) functions: Option<(u64, Arc<Topology>, Option<crate::classify::WriteFunctions>)>,
+    /// How the client's SQL bytes form characters, from the last `client_encoding` reported.
+    pub(crate) client_encoding: ClientEncoding,
     /// NoticeResponses owed to the client before the next batch's answers.
     pub(crate) notices: Vec<String>,
     /// The last health snapshot seen, for this cluster: (snapshot, spec, aligned state).
@@ -333,6 +342,8 @@ impl Engine {
             scope: None,
             reported_token: None,
             waiting_for: None,
+            client_encoding: start.client_encoding,
+            functions: None,
             notices: Vec::new(),
         };
         engine.scope = scope;

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::Shared;
 use crate::auth::{self, AuthError};
 use crate::backend;
+use crate::classify::ClientEncoding;
 use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::geo::geoip::Lookup;
 use crate::geo::{self, ClientLocation};
@@ -143,7 +144,11 @@ pub async fn handshake(
     }
     let taken = geo::take_ours(&mut params);
     let requested = taken.location;
-    let causal_token = match taken.causal_token.as_deref().map(crate::causal::Token::parse) {
+    let causal_token = match taken
+        .causal_token
+        .as_deref()
+        .map(crate::causal::Token::parse)
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -237,6 +242,11 @@ pub async fn handshake(
         Err(e) => return Outcome::Refused(io, e),
     };
     let cancel = shared.cancels.register();
+    let client_encoding = reported
+        .iter()
+        .find(|(k, _)| k == b"client_encoding")
+        .and_then(|(_, v)| ClientEncoding::from_name(&String::from_utf8_lossy(v)))
+        .unwrap_or_default();
     for (k, v) in &reported {
         encode::parameter_status(&mut io.wbuf, k, v);
     }
@@ -256,6 +266,7 @@ pub async fn handshake(
             settings,
             client_ip: client.ip(),
             causal_token,
+            client_encoding,
         },
     }))
 }

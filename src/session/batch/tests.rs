@@ -15,6 +15,8 @@ fn ctx<'a>(w: &'a WriteFunctions, learned: &'a LearnedWrites) -> Ctx<'a> {
         writes: w,
         learned,
         max_statements: 100,
+        encoding: ClientEncoding::Utf8,
+        user: "app",
     }
 }
 
@@ -49,7 +51,7 @@ fn learned_shapes_turn_reads_into_writes() {
     )
     .unwrap();
     assert_eq!(b.class, Some(Class::Read));
-    learned.learn(shapes(&b)[0]);
+    learned.learn("app", shapes(&b)[0]);
     let mut b = Batch::default();
     add(&mut b, &mut Statements::default(), q, &ctx(&w, &learned)).unwrap();
     assert_eq!(b.class, Some(Class::Write));
@@ -60,11 +62,25 @@ fn learned_shapes_turn_reads_into_writes() {
     add(&mut b, &mut st, parse("", "select my_writer()"), &c).unwrap();
     add(&mut b, &mut st, bind(""), &c).unwrap();
     assert_eq!(b.class, Some(Class::Read));
-    learned.learn(shapes(&b)[0]);
+    learned.learn("app", shapes(&b)[0]);
     let mut b = Batch::default();
     add(&mut b, &mut st, parse("", "select my_writer()"), &c).unwrap();
     add(&mut b, &mut st, bind(""), &c).unwrap();
     assert_eq!(b.class, Some(Class::Write));
+    // Another user's sessions still read it from replicas.
+    let other = Ctx {
+        user: "other",
+        ..ctx(&w, &learned)
+    };
+    let mut b = Batch::default();
+    add(
+        &mut b,
+        &mut Statements::default(),
+        msg(b'Q', &[b"select my_writer()\0"]),
+        &other,
+    )
+    .unwrap();
+    assert_eq!(b.class, Some(Class::Read));
 }
 
 #[test]
@@ -161,8 +177,8 @@ fn the_statement_limit_is_a_protocol_error() {
     let l = LearnedWrites::default();
     let c = Ctx {
         writes: &w,
-        learned: &l,
         max_statements: 2,
+        ..ctx(&w, &l)
     };
     let mut st = Statements::default();
     let mut b = Batch::default();
@@ -250,5 +266,63 @@ fn malformed_messages_are_errors_not_panics() {
         msg(b'C', &[]),
     ] {
         assert!(add_(&mut Batch::default(), &mut st, m).is_err());
+    }
+}
+
+#[test]
+fn sql_is_read_in_the_client_encoding_and_unreadable_sql_is_a_write() {
+    use ClientEncoding::*;
+    let cases: &[(ClientEncoding, &[u8], Class)] = &[
+        (
+            SingleByte,
+            b"INSERT INTO t VALUES ('caf\xe9')",
+            Class::Write,
+        ),
+        (SingleByte, b"SELECT 'caf\xe9'", Class::Read),
+        // Not UTF-8 at all: fail closed.
+        (Utf8, b"SELECT 'caf\xe9'", Class::Write),
+        (Utf8, "SELECT 'caf\u{e9}'".as_bytes(), Class::Read),
+        // In SJIS 0x95 0x5C is one character: the string ends at the next quote and the
+        // DELETE is a statement of its own (read byte-wise, `\'` would hide it in the string).
+        (Sjis, b"SELECT E'\x95\x5c', 1; DELETE FROM t", Class::Write),
+        (Sjis, b"SELECT E'\x95\x5c', 1", Class::Read),
+        (Sjis, b"SELECT '\x95", Class::Write),
+        (Gb18030, b"SELECT '\x81\x30\x81\x30'", Class::Read),
+        // A setting that cannot be replayed as UTF-8 keeps its server connection.
+        (
+            SingleByte,
+            b"SET application_name = 'caf\xe9'",
+            Class::Pin(PinReason::EncodedSetting),
+        ),
+        (
+            SingleByte,
+            b"SET application_name = 'cafe'",
+            Class::Session(Setting::Set {
+                name: "application_name".into(),
+                value: "'cafe'".into(),
+            }),
+        ),
+    ];
+    let w = WriteFunctions::default();
+    let l = LearnedWrites::default();
+    for (enc, sql, want) in cases {
+        let c = Ctx {
+            encoding: *enc,
+            ..ctx(&w, &l)
+        };
+        let mut b = Batch::default();
+        add(
+            &mut b,
+            &mut Statements::default(),
+            msg(b'Q', &[sql, b"\0"]),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(
+            b.class.as_ref(),
+            Some(want),
+            "{enc:?} {:?}",
+            String::from_utf8_lossy(sql)
+        );
     }
 }

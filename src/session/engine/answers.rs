@@ -154,6 +154,9 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.txn_changed_schema = true;
         }
+        if tag == btag::PARAMETER_STATUS {
+            self.note_parameter(frame::body(msg));
+        }
         let Some(server) = self.server_mut(slot) else {
             return;
         };
@@ -217,18 +220,21 @@ impl Engine {
         }
     }
 
-    /// A replica refused the retryable batch as a write: its answers are swallowed and it runs
-    /// again on the primary.
+    /// A replica refused the retryable batch as a write (25006), or cancelled it for a
+    /// recovery conflict (40001, 40P01: a standby has no other cause for them): its answers
+    /// are swallowed and it runs again on the primary.
     fn on_client_error(&mut self, slot: Slot, e: &ErrorFields) {
         let Some(server) = self.server_mut(slot) else {
             return;
         };
-        let refused_write = e.code == "25006" || e.message.contains("during recovery");
+        let refused_write = e.code == sqlstate::READ_ONLY_SQL_TRANSACTION;
+        let conflict = matches!(e.code.as_str(), "40001" | "40P01");
         // A retry is kept only while its batch is the only one in flight (`send`).
         if let Some(r) = server.retry.as_mut() {
-            if refused_write {
-                tracing::info!(node = %server.state.node, error = ?e, "replica refused a statement as a write; re-running it on the primary");
+            if refused_write || conflict {
+                tracing::info!(node = %server.state.node, error = ?e, "a replica refused a statement; re-running it on the primary");
                 r.retrying = true;
+                r.wrote = refused_write;
                 server.tentative.clear();
             }
         }
@@ -255,19 +261,24 @@ impl Engine {
         }
         if let Some(retry) = self
             .server_mut(slot)
-            .and_then(|s| s.retry.take_if(|r| r.retrying).map(|r| r.batch))
+            .and_then(|s| s.retry.take_if(|r| r.retrying))
         {
-            let mut batch = retry;
-            // It wrote: read-your-writes applies once it has run on the primary.
-            batch.class = Some(Class::Write);
-            for shape in super::super::batch::shapes(&batch) {
-                env.learned.learn(shape);
-            }
+            let mut batch = retry.batch;
+            let reason = if retry.wrote {
+                // It wrote: read-your-writes applies once it has run on the primary.
+                batch.class = Some(Class::Write);
+                for shape in super::super::batch::shapes(&batch) {
+                    env.learned.learn(&self.user.name, shape);
+                }
+                Reason::ReadonlyRetry
+            } else {
+                Reason::ReadRetry
+            };
             self.held_after_retry = self.held.take();
             self.held = Some(Held::Forward {
                 batch: *batch,
                 slot: Slot::Primary,
-                reason: Reason::ReadonlyRetry,
+                reason,
                 replica: None,
                 wait: None,
             });
@@ -292,9 +303,7 @@ impl Engine {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 if slot == Slot::Primary && (unit.wrote || self.txn_wrote) {
-                    let exact_follows = self
-                        .server(slot)
-                        .is_some_and(|s| s.owed.commit_lsn_next());
+                    let exact_follows = self.server(slot).is_some_and(|s| s.owed.commit_lsn_next());
                     self.after_write(exact_follows, env);
                 }
                 self.txn_wrote = false;
@@ -400,8 +409,7 @@ impl Engine {
         if s.dedicated || s.farewell.is_some() {
             return s.farewell.is_some() && !s.dedicated;
         }
-        let wanted_next =
-            matches!(&self.held, Some(Held::Forward { slot: s, .. }) if *s == slot);
+        let wanted_next = matches!(&self.held, Some(Held::Forward { slot: s, .. }) if *s == slot);
         self.mode == PoolMode::Transaction
             && !wanted_next
             && self.route.txn == TxnStatus::Idle
@@ -605,6 +613,18 @@ fn move_bytes(
         Sink::Client => {
             client_out.extend_from_slice(&inbuf[..n]);
             inbuf.advance(n);
+        }
+    }
+}
+
+impl Engine {
+    /// Follows the server's `client_encoding`, which says how the client's SQL bytes read.
+    fn note_parameter(&mut self, body: &[u8]) {
+        if let Some((b"client_encoding", value)) = crate::protocol::backend::parameter_status(body)
+        {
+            if let Some(enc) = ClientEncoding::from_name(&String::from_utf8_lossy(value)) {
+                self.client_encoding = enc;
+            }
         }
     }
 }

@@ -43,7 +43,7 @@ impl Engine {
     /// Reads the client's complete messages into batches and sends or holds them.
     pub fn on_client_input(&mut self, b: &mut Buffers, env: &Env) {
         while self.held.is_none() && self.end.is_none() {
-            let msg = match frame::split_message(&mut b.client_in, self.max_message) {
+            let msg = match frame::split_client_message(&mut b.client_in, self.max_message) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
                 Err(e @ FrameError::TooLarge { .. }) => {
@@ -78,10 +78,17 @@ impl Engine {
                     return;
                 }
                 _ => {
+                    self.follow_catalog(env);
+                    let writes = match &self.functions {
+                        Some((_, _, Some(w))) => w,
+                        _ => &self.topology.write_functions,
+                    };
                     let ctx = batch::Ctx {
-                        writes: &self.topology.write_functions,
+                        writes,
                         learned: env.learned,
                         max_statements: MAX_SESSION_STATEMENTS,
+                        encoding: self.client_encoding,
+                        user: &self.user.name,
                     };
                     match batch::add(&mut self.batch, &mut self.statements, msg, &ctx) {
                         Ok(batch::Step::Send) => self.dispatch(b, env),
@@ -247,10 +254,7 @@ impl Engine {
                     if !self.lease_ready(slot, replica, b, env) {
                         return;
                     }
-                    if let Some(Held::Forward {
-                        wait: Some(w), ..
-                    }) = &mut self.held
-                    {
+                    if let Some(Held::Forward { wait: Some(w), .. }) = &mut self.held {
                         // First the replica replays the position the read needs (or the wait
                         // times out and the read goes to the primary): see `wait_answered`.
                         if !w.sent {
@@ -548,6 +552,24 @@ impl Engine {
         self.release_held(b, env);
         if self.held.is_none() && self.end.is_none() && !b.client_in.is_empty() {
             self.on_client_input(b, env);
+        }
+    }
+}
+
+impl Engine {
+    /// Picks up a newly published function catalog, or a reload's configured functions.
+    fn follow_catalog(&mut self, env: &Env) {
+        let version = env.catalogs.version();
+        let fresh = self
+            .functions
+            .as_ref()
+            .is_some_and(|(v, t, _)| *v == version && Arc::ptr_eq(t, &self.topology));
+        if !fresh {
+            let writes = env
+                .catalogs
+                .get(&self.cluster.name)
+                .map(|v| self.topology.write_functions.with_catalog(v));
+            self.functions = Some((version, self.topology.clone(), writes));
         }
     }
 }

@@ -166,6 +166,7 @@ pub(super) struct Harness {
     pub metrics: Metrics,
     pub learned: LearnedWrites,
     pub epoch: std::sync::atomic::AtomicU64,
+    pub catalogs: crate::catalog::Catalogs,
     pub scopes: crate::causal::Scopes,
     pub cancels: Arc<CancelRegistry>,
     pub cancel: (i32, i32),
@@ -220,6 +221,7 @@ impl Harness {
             settings: Settings::default(),
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             causal_token: None,
+            client_encoding: Default::default(),
             topology: topology.clone(),
             cluster,
         });
@@ -231,6 +233,7 @@ impl Harness {
             metrics: Metrics::new(),
             learned: LearnedWrites::default(),
             epoch: Default::default(),
+            catalogs: Default::default(),
             scopes: Default::default(),
             cancels,
             cancel,
@@ -248,6 +251,7 @@ impl Harness {
             metrics: &self.metrics,
             learned: &self.learned,
             schema_epoch: &self.epoch,
+            catalogs: &self.catalogs,
             scopes: &self.scopes,
             now: self.now,
         };
