@@ -40,6 +40,8 @@ pub struct Shared {
     pub scopes: crate::causal::Scopes,
     /// Bumped when a session runs DDL: pooled statements are prepared afresh after it.
     pub schema_epoch: std::sync::atomic::AtomicU64,
+    /// Each cluster's volatile functions, from its catalog.
+    pub catalogs: crate::catalog::Catalogs,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Failed backend connects by sessions since the last probe round.
     pub connect_failures: crate::health::ConnectFailures,
@@ -63,6 +65,7 @@ impl Shared {
             learned: &self.learned_writes,
             scopes: &self.scopes,
             schema_epoch: &self.schema_epoch,
+            catalogs: &self.catalogs,
             pools: &self.pools,
             drain: &self.drain,
             hard_stop: &self.hard_stop,
@@ -125,6 +128,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             learned_writes: Default::default(),
             schema_epoch: Default::default(),
+            catalogs: Default::default(),
             scopes: Default::default(),
             connect_failures: Default::default(),
             metrics,
@@ -189,6 +193,7 @@ impl Proxy {
             }
         };
         crate::health::probe::spawn_missing(&shared);
+        tokio::spawn(crate::catalog::run(shared.clone()));
         tokio::spawn(crate::geo::geoip::watch(shared.clone()));
         let for_pools = shared.clone();
         tokio::spawn(crate::pool::maintain(

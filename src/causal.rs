@@ -133,9 +133,7 @@ impl Scopes {
         if map.len() >= SWEEP_AT {
             map.retain(|_, (_, at)| now.saturating_duration_since(*at) < SCOPE_TTL);
         }
-        let entry = map
-            .entry(key.clone())
-            .or_insert((Requirement::NONE, now));
+        let entry = map.entry(key.clone()).or_insert((Requirement::NONE, now));
         entry.0 = entry.0.and(req);
         entry.1 = now;
     }

@@ -153,6 +153,12 @@ pub struct Routing {
     pub no_eligible_replica: NoEligibleReplica,
     /// Functions (`name` or `schema.name`) whose call makes a statement a write.
     pub write_functions: Vec<String>,
+    /// Volatile functions (`name` or `schema.name`) that are safe on a replica all the same.
+    pub read_functions: Vec<String>,
+    /// How often each cluster's catalog of volatile functions is read again (also after a
+    /// reload and after DDL); a call of a volatile function is a write. 0s: built-in lists only.
+    #[serde(with = "humantime_serde")]
+    pub volatile_functions_refresh: Duration,
     /// Replicas at the same distance are compared by probe RTT in steps of this size
     /// (so that jitter does not flip the choice), then by sessions on them.
     #[serde(with = "humantime_serde")]
@@ -184,6 +190,8 @@ impl Default for Routing {
             max_replica_lag: Duration::from_secs(10),
             no_eligible_replica: NoEligibleReplica::Primary,
             write_functions: Vec::new(),
+            read_functions: Vec::new(),
+            volatile_functions_refresh: Duration::from_secs(60),
             rtt_granularity: Duration::from_millis(5),
             read_your_writes_scope: RywScope::Session,
             causal_wait_max: Duration::ZERO,
@@ -407,7 +415,9 @@ fn default_pg_port() -> u16 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest client message accepted (bytes); larger ones end the session with 54000.
+    /// Largest Query, Parse, Bind, FunctionCall or CopyData message accepted (bytes); larger
+    /// ones end the session with 54000. Each is held whole to be classified, so this bounds a
+    /// session's memory. Other message types have PostgreSQL's own limit of 10,000 bytes.
     pub max_message_bytes: usize,
     /// Client sessions beyond this are refused with 53300.
     pub max_client_connections: usize,
@@ -428,7 +438,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_message_bytes: 64 * 1024 * 1024,
+            max_message_bytes: 16 * 1024 * 1024,
             max_client_connections: 10_000,
             startup_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),

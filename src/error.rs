@@ -20,6 +20,7 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 }
 
 /// What went wrong, as a closed set: the `kind` label of `pgmeridian_errors_total`.

@@ -13,6 +13,7 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
+pub mod catalog;
 pub mod causal;
 pub mod classify;
 pub mod config;

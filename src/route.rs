@@ -42,7 +42,8 @@ pub enum Reason {
     StickySessionFeature,
     /// A replica refused the statement as a write; it was re-run on the primary.
     ReadonlyRetry,
-    /// A replica connection broke before any answer reached the client; the read went elsewhere.
+    /// A replica connection broke, or a recovery conflict cancelled the read there, before any
+    /// answer reached the client; the read went elsewhere.
     ReadRetry,
     /// No reachable node is out of recovery: writes are refused, and reads of a session
     /// pinned after its write go to a replica anyway (the write cannot be confirmed there).
@@ -85,7 +86,10 @@ pub enum Decision {
     Refuse(Reason),
     /// The read needs WAL position `lsn`, which replica `replica` is expected to replay sooner
     /// than the primary could answer: wait for it there, at most `routing.causal_wait_max`.
-    Wait { replica: usize, lsn: u64 },
+    Wait {
+        replica: usize,
+        lsn: u64,
+    },
 }
 
 /// What a session's next reads must wait for: its own last write, a causal token it was

@@ -33,6 +33,7 @@ pub struct Handles<'s> {
     pub scopes: &'s crate::causal::Scopes,
     /// See [`engine::Env::schema_epoch`].
     pub schema_epoch: &'s std::sync::atomic::AtomicU64,
+    pub catalogs: &'s crate::catalog::Catalogs,
     pub pools: &'s crate::pool::Pools,
     pub drain: &'s tokio_util::sync::CancellationToken,
     pub hard_stop: &'s tokio_util::sync::CancellationToken,

@@ -299,7 +299,8 @@ impl Topology {
             clusters,
             limits: config.limits.clone(),
             routing: config.routing.clone(),
-            write_functions: WriteFunctions::new(&config.routing.write_functions),
+            write_functions: WriteFunctions::new(&config.routing.write_functions)
+                .with_reads(&config.routing.read_functions),
             health: config.health.clone(),
             region: config.region.clone(),
             location: location_of(&config.region),

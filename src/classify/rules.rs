@@ -97,6 +97,36 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
+/// Volatile built-ins that change nothing a replica cannot serve, common in reads: they keep
+/// a read on a replica although the function catalog calls them volatile. `pg_sleep` is not
+/// here: a sleep runs on the primary, where the query that cancels it looks for it.
+const SAFE_VOLATILE: &[&str] = &[
+    "random",
+    "random_normal",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuidv4",
+    "uuidv7",
+    "pg_is_in_recovery",
+    "pg_last_wal_receive_lsn",
+    "pg_last_wal_replay_lsn",
+    "pg_last_xact_replay_timestamp",
+    "pg_is_wal_replay_paused",
+    "pg_get_wal_replay_pause_state",
+    "pg_database_size",
+    "pg_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+    "pg_total_relation_size",
+    "pg_tablespace_size",
+];
+
+/// Whether `lowercase` is a volatile built-in allowed on replicas.
+pub(crate) fn is_safe_volatile(lowercase: &[u8]) -> bool {
+    SAFE_VOLATILE.iter().any(|f| f.as_bytes() == lowercase)
+}
+
 const QUERY_START: &[&str] = &["select", "values", "with", "table"];
 
 /// Built-in effect of calling `name` (any case).
@@ -120,7 +150,7 @@ pub(crate) fn builtin_effect(name: &[u8]) -> Option<Effect> {
 }
 
 /// ASCII-lowercases `text` into `buf`; `None` when it does not fit.
-pub(super) fn lower<'b, const N: usize>(text: &[u8], buf: &'b mut [u8; N]) -> Option<&'b [u8]> {
+pub(crate) fn lower<'b, const N: usize>(text: &[u8], buf: &'b mut [u8; N]) -> Option<&'b [u8]> {
     let out = buf.get_mut(..text.len())?;
     for (o, i) in out.iter_mut().zip(text) {
         *o = i.to_ascii_lowercase();

@@ -219,14 +219,21 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be greater than 0s",
         ));
     }
-    for (i, f) in r.write_functions.iter().enumerate() {
-        let ok =
-            !f.is_empty() && f.split('.').count() <= 2 && f.split('.').all(|part| !part.is_empty());
-        if !ok {
-            p.push(Problem::new(
-                format!("routing.write_functions[{i}]"),
-                format!("{f:?} is not a function name or schema.name"),
-            ));
+    let lists = [
+        ("write_functions", &r.write_functions),
+        ("read_functions", &r.read_functions),
+    ];
+    for (key, list) in lists {
+        for (i, f) in list.iter().enumerate() {
+            let ok = !f.is_empty()
+                && f.split('.').count() <= 2
+                && f.split('.').all(|part| !part.is_empty());
+            if !ok {
+                p.push(Problem::new(
+                    format!("routing.{key}[{i}]"),
+                    format!("{f:?} is not a function name or schema.name"),
+                ));
+            }
         }
     }
     if r.rtt_granularity.is_zero() {

@@ -50,7 +50,7 @@ struct NodeState {
 }
 
 /// The probe user: `health.user`, else the first configured user.
-fn probe_user(t: &crate::topology::Topology) -> Option<Arc<UserSpec>> {
+pub(crate) fn probe_user(t: &crate::topology::Topology) -> Option<Arc<UserSpec>> {
     match t.health.user.as_ref().and_then(|u| t.users.get(u).cloned()) {
         Some(u) => Some(u),
         None => t.users_in_order.first().cloned(),

@@ -57,10 +57,34 @@ pub fn split_message(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut
         });
     }
     if buf.len() < header.total_len {
-        buf.reserve(header.total_len - buf.len());
+        // Nothing is reserved for the declared size: the buffer grows as bytes arrive.
         return Ok(None);
     }
     Ok(Some(buf.split_to(header.total_len)))
+}
+
+/// PostgreSQL's limit for a client message other than Query, Parse, Bind, FunctionCall and
+/// CopyData (`PQ_SMALL_MESSAGE_LIMIT`): Sync, Execute, Describe, Close… are never bigger.
+pub const SMALL_CLIENT_MESSAGE_LIMIT: usize = 10_000;
+
+/// The size limit for a client message with this tag: `large` for the message types that
+/// carry SQL or data, PostgreSQL's small limit for the rest.
+pub fn client_limit(tag: u8, large: usize) -> usize {
+    match tag {
+        b'Q' | b'P' | b'B' | b'F' | b'd' => large,
+        _ => SMALL_CLIENT_MESSAGE_LIMIT.min(large),
+    }
+}
+
+/// [`split_message`] for client messages, with the limit that fits each message type.
+pub fn split_client_message(
+    buf: &mut BytesMut,
+    large: usize,
+) -> Result<Option<BytesMut>, FrameError> {
+    match peek_header(buf)? {
+        Some(h) => split_message(buf, client_limit(h.tag, large)),
+        None => Ok(None),
+    }
 }
 
 /// The body of a whole message (everything after the 5-byte header).
@@ -129,6 +153,43 @@ mod tests {
                 split_message(&mut buf, 1024).unwrap_err(),
                 *want,
                 "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_messages_have_postgresql_s_limit_per_type() {
+        let big = 1 << 24;
+        // (tag, declared total length, refused)
+        let cases: &[(u8, usize, bool)] = &[
+            (b'Q', 1 << 20, false),
+            (b'P', 1 << 20, false),
+            (b'B', 1 << 20, false),
+            (b'F', 1 << 20, false),
+            (b'd', 1 << 20, false),
+            (b'Q', big + 1, true),
+            (b'S', 10_000, false),
+            (b'S', 10_001, true),
+            (b'E', 20_000, true),
+            (b'D', 20_000, true),
+            (b'C', 20_000, true),
+            (b'H', 20_000, true),
+            (b'X', 20_000, true),
+            (b'c', 20_000, true),
+            (b'f', 20_000, true),
+        ];
+        for &(tag, total, refused) in cases {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&[tag]);
+            buf.extend_from_slice(&((total - 1) as u32).to_be_bytes());
+            let got = split_client_message(&mut buf, big);
+            assert_eq!(got.is_err(), refused, "{} {total}", tag as char);
+            // Only the header is here: nothing was reserved for the declared size.
+            assert!(
+                buf.capacity() < 1024,
+                "{} reserved {}",
+                tag as char,
+                buf.capacity()
             );
         }
     }

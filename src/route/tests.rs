@@ -492,10 +492,7 @@ fn requirement_resolves_from_the_first_sample_taken_after_the_commit() {
         (Requirement::awaiting(at(1)), Requirement::lsn(100)),
         (Requirement::awaiting(at(10)), Requirement::lsn(120)), // same instant is not after
         (Requirement::awaiting(at(12)), Requirement::lsn(120)), // not the latest (900)
-        (
-            Requirement::awaiting(at(61)),
-            Requirement::awaiting(at(61)),
-        ),
+        (Requirement::awaiting(at(61)), Requirement::awaiting(at(61))),
         (Requirement::lsn(7), Requirement::lsn(7)),
         (Requirement::NONE, Requirement::NONE),
     ];
@@ -565,11 +562,44 @@ fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
         ..SessionRoute::default()
     };
     let cases = [
-        ("near replica, far primary: wait", with(30, 1, 180), need(950), 200, Decision::Wait { replica: 1, lsn: 950 }),
-        ("waiting is off", with(30, 1, 180), need(950), 0, route(Target::Primary, Reason::PinnedAfterWrite)),
-        ("the primary is nearer than the wait", with(30, 1, 20), need(950), 200, route(Target::Primary, Reason::PinnedAfterWrite)),
-        ("the replica lags more than the bound", with(300, 1, 900), need(950), 200, route(Target::Primary, Reason::PinnedAfterWrite)),
-        ("already replayed: no wait at all", with(30, 1, 180), need(900), 200, route(Target::Replica(1), Reason::ReadNearest)),
+        (
+            "near replica, far primary: wait",
+            with(30, 1, 180),
+            need(950),
+            200,
+            Decision::Wait {
+                replica: 1,
+                lsn: 950,
+            },
+        ),
+        (
+            "waiting is off",
+            with(30, 1, 180),
+            need(950),
+            0,
+            route(Target::Primary, Reason::PinnedAfterWrite),
+        ),
+        (
+            "the primary is nearer than the wait",
+            with(30, 1, 20),
+            need(950),
+            200,
+            route(Target::Primary, Reason::PinnedAfterWrite),
+        ),
+        (
+            "the replica lags more than the bound",
+            with(300, 1, 900),
+            need(950),
+            200,
+            route(Target::Primary, Reason::PinnedAfterWrite),
+        ),
+        (
+            "already replayed: no wait at all",
+            with(30, 1, 180),
+            need(900),
+            200,
+            route(Target::Replica(1), Reason::ReadNearest),
+        ),
     ];
     for (name, h, session, wait_ms, want) in cases {
         let policy = Routing {
@@ -608,5 +638,8 @@ fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
         location: US,
         now: t0,
     };
-    assert_eq!(decide(&input), route(Target::Primary, Reason::PinnedAfterWrite));
+    assert_eq!(
+        decide(&input),
+        route(Target::Primary, Reason::PinnedAfterWrite)
+    );
 }

@@ -286,6 +286,7 @@ fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
         learned: h.learned,
         scopes: h.scopes,
         schema_epoch: h.schema_epoch,
+        catalogs: h.catalogs,
         now: std::time::Instant::now(),
     };
     f(&env)

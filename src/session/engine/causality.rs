@@ -63,8 +63,9 @@ impl Engine {
     /// until the cluster's identity is known. A malformed one is the client's error (22023).
     pub(super) fn present_token(&mut self, text: &str, env: &Env) -> Result<(), ClientError> {
         let token = Token::parse(text).map_err(|e| {
-            ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e)
-                .with_hint("give the value of pgmeridian.causal_token exactly as a proxy reported it")
+            ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e).with_hint(
+                "give the value of pgmeridian.causal_token exactly as a proxy reported it",
+            )
         })?;
         let health = self.cluster_health(env);
         match token.check(identity(health.as_deref())) {
@@ -207,7 +208,9 @@ impl Engine {
         {
             *wait = None;
             if !replayed {
-                tracing::debug!("the replica did not replay the position in time; reading from the primary");
+                tracing::debug!(
+                    "the replica did not replay the position in time; reading from the primary"
+                );
                 *slot = Slot::Primary;
                 *reason = Reason::PinnedAfterWrite;
                 *replica = None;

@@ -374,4 +374,6 @@ pub struct Retry {
     pub batch: Box<Batch>,
     /// The replica refused it: its answers up to ReadyForQuery are swallowed.
     pub retrying: bool,
+    /// Refused as a write (25006), not for a recovery conflict: its text is learned.
+    pub wrote: bool,
 }

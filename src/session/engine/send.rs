@@ -117,6 +117,7 @@ impl Engine {
             server.retry = Some(Retry {
                 batch: Box::new(batch),
                 retrying: false,
+                wrote: false,
             });
         }
         self.cancel.set_target(CancelTarget {

@@ -29,7 +29,10 @@ fn flush_before_sync_keeps_the_lease_and_answers_flow_at_once() {
     assert_eq!(tags(&h.server_got(Slot::Primary)), "BESQ");
     h.server(
         Slot::Primary,
-        &with_position(&[bind_complete(), complete("INSERT 0 1"), ready(b'I')], "0/10"),
+        &with_position(
+            &[bind_complete(), complete("INSERT 0 1"), ready(b'I')],
+            "0/10",
+        ),
     );
     assert_eq!(tags(&h.client_got()), "2CZ");
     assert!(h.take_release(Slot::Primary).1);

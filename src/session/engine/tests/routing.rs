@@ -38,7 +38,11 @@ fn a_write_goes_to_the_primary_and_sets_read_your_writes() {
     h.client(&[query("insert into t values (1)")]);
     h.grant(Slot::Primary);
     let got = h.server_got(Slot::Primary);
-    assert_eq!(tags(&got), "QQ", "the write, then the proxy's position query");
+    assert_eq!(
+        tags(&got),
+        "QQ",
+        "the write, then the proxy's position query"
+    );
     assert_eq!(got[1].text(), "SELECT pg_current_wal_insert_lsn()|");
     h.server(Slot::Primary, &[complete("INSERT 0 1"), ready(b'I')]);
     // The client's ReadyForQuery waits for the position, so the token comes before it.

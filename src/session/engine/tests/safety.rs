@@ -39,6 +39,54 @@ fn a_write_the_replica_refuses_runs_again_on_the_primary_invisibly() {
 }
 
 #[test]
+fn a_read_cancelled_by_a_recovery_conflict_runs_again_on_the_primary_and_is_not_learned() {
+    let mut h = Harness::new();
+    h.client(&[query("select count(*) from big")]);
+    h.grant(Slot::Replica);
+    h.server_got(Slot::Replica);
+    h.server(
+        Slot::Replica,
+        &[
+            error("40001", "canceling statement due to conflict with recovery"),
+            ready(b'I'),
+        ],
+    );
+    assert!(h.client_got().is_empty());
+    h.take_release(Slot::Replica);
+    h.grant(Slot::Primary);
+    // A read: no commit position behind it.
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
+    h.server(
+        Slot::Primary,
+        &[row("7"), complete("SELECT 1"), ready(b'I')],
+    );
+    assert_eq!(tags(&h.client_got()), "DCZ");
+    h.take_release(Slot::Primary);
+    assert!(h.learned.is_empty(), "a read, not a write");
+    assert!(!h.engine.route.pinned);
+}
+
+#[test]
+fn an_error_that_only_mentions_recovery_is_the_client_s_and_teaches_nothing() {
+    let mut h = Harness::new();
+    h.client(&[query("select noisy()")]);
+    h.grant(Slot::Replica);
+    h.server_got(Slot::Replica);
+    h.server(
+        Slot::Replica,
+        &[
+            error("P0001", "not allowed during recovery, says my function"),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(tags(&h.client_got()), "EZ");
+    h.take_release(Slot::Replica);
+    assert!(h.learned.is_empty());
+    h.client(&[query("select noisy()")]);
+    h.take_acquire(Slot::Replica);
+}
+
+#[test]
 fn a_read_whose_replica_connection_dies_before_answering_runs_elsewhere() {
     let mut h = Harness::new();
     h.client(&[query("select 1")]);
@@ -108,7 +156,11 @@ fn settings_follow_the_session_to_every_connection() {
     h.take_acquire(Slot::Primary);
     h.grant_state(Slot::Primary, *primary_conn);
     let got = h.server_got(Slot::Primary);
-    assert_eq!(tags(&got), "QQ", "the insert and the proxy's position query");
+    assert_eq!(
+        tags(&got),
+        "QQ",
+        "the insert and the proxy's position query"
+    );
     assert!(got[0].text().starts_with("insert"), "{}", got[0].text());
 }
 
@@ -140,16 +192,19 @@ fn a_replay_a_replica_refuses_moves_the_read_and_the_session_to_the_primary() {
         "its settings are unknown now"
     );
     h.grant(Slot::Primary);
-    // A fresh primary connection gets the settings first too; the read, now known as a write,
-    // has the position query behind it.
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQQ");
+    // A fresh primary connection gets the settings first too; the read itself wrote nothing
+    // (it is not learned as a write and needs no commit position).
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "QQ");
     h.server(
         Slot::Primary,
-        &with_position(
-            &[complete("SET"), ready(b'I'), complete("SELECT 1"), ready(b'I')],
-            "0/10",
-        ),
+        &[
+            complete("SET"),
+            ready(b'I'),
+            complete("SELECT 1"),
+            ready(b'I'),
+        ],
     );
+    assert!(h.learned.is_empty());
     assert_eq!(tags(&h.client_got()), "CZ");
     assert!(h.engine.route.pinned);
 }
