@@ -410,6 +410,42 @@ impl LocalNode {
         .map(drop)
     }
 
+    /// pg_ctl reload: the server re-reads its configuration files.
+    pub fn reload(&self) -> Result<(), String> {
+        run(self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["reload"])
+            .stdout(Stdio::null()))
+        .map(drop)
+    }
+
+    /// Sets (`Some`) or resets (`None`) server parameters with `ALTER SYSTEM`, one statement
+    /// each (it refuses to run in a transaction block), then reloads. Works on standbys too.
+    pub fn set_params(&self, params: &[(&str, Option<&str>)]) -> Result<(), String> {
+        for (name, value) in params {
+            let sql = match value {
+                Some(v) => format!("ALTER SYSTEM SET {name} = '{}'", v.replace('\'', "''")),
+                None => format!("ALTER SYSTEM RESET {name}"),
+            };
+            self.psql("postgres", &sql)?;
+        }
+        self.reload()
+    }
+
+    /// Re-points this streaming replica at `upstream` (what Patroni or repmgr do after a
+    /// promotion): a new `primary_conninfo`, applied on reload by PostgreSQL 13 and later. With
+    /// `recovery_target_timeline = latest` (the default) it follows a promoted upstream onto
+    /// its new timeline, provided it has not replayed past the point where that timeline forked.
+    pub fn follow(&self, upstream: &LocalNode) -> Result<(), String> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres application_name={}",
+            upstream.port, self.name
+        );
+        self.set_params(&[("primary_conninfo", Some(&conninfo))])
+    }
+
     /// Runs SQL through psql as `postgres` on `database`; returns unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = run(self

@@ -1,6 +1,8 @@
-//! The probe loop: every `health.interval`, each node of a cluster is asked for its role and
-//! WAL position over a persistent connection (the proxy's own login code, so node TLS settings
-//! apply); the results are folded into one `ClusterHealth` and published.
+//! The probe loop: every `health.interval`, each node of a cluster is asked for its role, WAL
+//! position and (out of recovery) timeline over a persistent connection (the proxy's own login
+//! code, so node TLS settings apply), and once per connection for its system identifier; the
+//! results go through hysteresis (`tracker`) and the acting primary's WAL history
+//! (`WalHistory`) into one `ClusterHealth`, which is published.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,14 +12,21 @@ use postgres_protocol::message::frontend;
 use tokio::task::JoinSet;
 
 use super::tracker::Tracker;
-use super::{parse_lsn, ClusterHealth, NodeHealth, PrimaryHistory};
+use super::{parse_lsn, ClusterHealth, NodeHealth, WalHistory};
 use crate::app::Shared;
 use crate::backend::{self, BackendConn};
 use crate::protocol::frame;
 use crate::topology::{NodeSpec, UserSpec};
 
+/// Role, position (replay position on a standby), and on a primary the WAL file name, whose
+/// first 8 hex digits are its timeline (`pg_walfile_name` fails during recovery).
 const PROBE_SQL: &str = "select pg_is_in_recovery(), \
-     case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end";
+     case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end, \
+     case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end";
+
+/// Asked once per probe connection: which database system the server belongs to (nodes of
+/// one replicated cluster share it). Not fatal when refused: the identifier stays unknown.
+const SYSTEM_ID_SQL: &str = "select system_identifier from pg_control_system()";
 
 /// Starts a probe loop for each cluster of the current topology that has none yet (at start,
 /// and after a reload adds clusters). A loop ends when its cluster leaves the topology.
@@ -31,18 +40,29 @@ pub fn spawn_missing(shared: &Arc<Shared>) {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
 struct Sample {
     in_recovery: bool,
     lsn: Option<u64>,
+    /// Out of recovery: the timeline of the current WAL file.
+    timeline: Option<u32>,
+    /// Learned on the connection's first probe.
+    system_id: Option<u64>,
     sent_at: Instant,
     rtt: Duration,
+}
+
+/// A probe connection and the system identifier its server reported on the first probe.
+struct ProbeConn {
+    conn: BackendConn,
+    system_id: Option<u64>,
 }
 
 /// What the loop keeps per node across rounds (and reloads, by node key).
 struct NodeState {
     /// The spec `conn` was opened with; a reload that changes it (TLS, …) reconnects.
     spec: Arc<NodeSpec>,
-    conn: Option<BackendConn>,
+    conn: Option<ProbeConn>,
     tracker: Tracker,
     /// Recent round trips: the median is what ranking and the metric see.
     rtts: super::rtt::RttWindow,
@@ -59,8 +79,7 @@ pub(crate) fn probe_user(t: &crate::topology::Topology) -> Option<Arc<UserSpec>>
 
 async fn cluster_loop(shared: Arc<Shared>, name: String) {
     let mut states: std::collections::HashMap<Arc<str>, NodeState> = Default::default();
-    let mut history = PrimaryHistory::new(Duration::from_secs(120));
-    let mut recent: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    let mut wal = WalHistory::new(Duration::from_secs(120));
     let mut published: Vec<Arc<NodeSpec>> = Vec::new();
     let mut round_started: Option<Instant> = None;
     loop {
@@ -154,16 +173,12 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
             }
         }
         let now = Instant::now();
-        let mut folded = fold(&samples, &mut history, now);
+        let mut health: Vec<NodeHealth> = samples.iter().map(node_health).collect();
         for (i, node) in nodes.iter().enumerate() {
             let Some(st) = states.get_mut(&node.key) else {
                 continue;
             };
-            let h = if i == 0 {
-                &mut folded.primary
-            } else {
-                &mut folded.replicas[i - 1]
-            };
+            let h = &mut health[i];
             // Sessions that failed to connect since the last round count as failed probes.
             for _ in 0..shared.connect_failures.take(node).min(fall) {
                 if let Some(state) = st.tracker.observe(false) {
@@ -184,21 +199,25 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
             h.up = st.tracker.is_up();
             st.last = h.clone();
         }
-        if let (Some(false), Some(lsn), Some(at)) = (
-            folded.primary.in_recovery,
-            folded.primary.lsn,
-            folded.primary.sampled_at,
-        ) {
-            recent.push_back((at, lsn));
+        let mut replicas = health;
+        let primary = replicas.remove(0);
+        let mut folded = ClusterHealth {
+            primary,
+            replicas,
+            primary_samples: Vec::new(),
+            keys: nodes.iter().map(|n| n.key.clone()).collect(),
+        };
+        if wal.fold(&mut folded, now) {
+            if let Some(source) = wal.source() {
+                tracing::info!(
+                    cluster = %name,
+                    node = %source.node,
+                    system_id = ?source.system_id,
+                    timeline = ?source.timeline,
+                    "another primary acts: WAL history and replica lag start afresh from it"
+                );
+            }
         }
-        while recent
-            .front()
-            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > super::PRIMARY_SAMPLES_KEPT)
-        {
-            recent.pop_front();
-        }
-        folded.primary_samples = recent.iter().copied().collect();
-        folded.keys = nodes.iter().map(|n| n.key.clone()).collect();
         publish_metrics(&shared, &cluster.name, &nodes, &folded);
         published = nodes;
         shared.health.rcu(|h| {
@@ -245,22 +264,28 @@ fn publish_metrics(shared: &Shared, cluster: &str, nodes: &[Arc<NodeSpec>], h: &
                 .with_label_values(&labels)
                 .set(rtt.as_secs_f64());
         }
-        if let Some(lag) = n.lag {
-            m.replica_lag_seconds
+        // No lag (down, promoted, not following the acting primary): no series, not a stale one.
+        match n.lag {
+            Some(lag) => m
+                .replica_lag_seconds
                 .with_label_values(&labels)
-                .set(lag.as_secs_f64());
+                .set(lag.as_secs_f64()),
+            None => drop(m.replica_lag_seconds.remove_label_values(&labels)),
         }
-        if let Some(bytes) = n.lag_bytes {
-            m.replica_lag_bytes
+        match n.lag_bytes {
+            Some(bytes) => m
+                .replica_lag_bytes
                 .with_label_values(&labels)
-                .set(bytes.min(i64::MAX as u64) as i64);
+                .set(bytes.min(i64::MAX as u64) as i64),
+            None => drop(m.replica_lag_bytes.remove_label_values(&labels)),
         }
     }
 }
 
-/// Turns one round of samples (primary first) into the published state.
-fn fold(samples: &[Option<Sample>], history: &mut PrimaryHistory, now: Instant) -> ClusterHealth {
-    let node = |s: &Option<Sample>| match s {
+/// A node as one probe saw it (a failed probe: nothing known). Lag comes later, from the
+/// acting primary's history.
+fn node_health(sample: &Option<Sample>) -> NodeHealth {
+    match sample {
         None => NodeHealth::default(),
         Some(s) => NodeHealth {
             up: true,
@@ -271,76 +296,101 @@ fn fold(samples: &[Option<Sample>], history: &mut PrimaryHistory, now: Instant) 
             lag_bytes: None,
             rtt: Some(s.rtt),
             unprobed: false,
+            system_id: s.system_id,
+            timeline: s.timeline.filter(|_| !s.in_recovery),
         },
-    };
-    let primary = samples.first().map(node).unwrap_or_default();
-    if let (Some(false), Some(lsn), Some(at)) =
-        (primary.in_recovery, primary.lsn, primary.sampled_at)
-    {
-        history.push(at, lsn);
-    }
-    let replicas = samples
-        .iter()
-        .skip(1)
-        .map(|s| {
-            let mut h = node(s);
-            if let (Some(true), Some(replay)) = (h.in_recovery, h.lsn) {
-                h.lag = history.lag_of(replay, now);
-                h.lag_bytes = history.latest().map(|p| p.saturating_sub(replay));
-            }
-            h
-        })
-        .collect();
-    ClusterHealth {
-        primary,
-        replicas,
-        primary_samples: Vec::new(),
-        keys: Vec::new(),
     }
 }
 
 async fn probe(
     node: &Arc<NodeSpec>,
     user: &UserSpec,
-    conn: Option<BackendConn>,
+    conn: Option<ProbeConn>,
     timeout: Duration,
-) -> (Option<BackendConn>, Result<Sample, String>) {
-    let mut conn = match conn {
+) -> (Option<ProbeConn>, Result<Sample, String>) {
+    let mut pc = match conn {
         Some(c) => c,
         None => {
             let params = [("application_name".to_owned(), "pgmeridian-probe".to_owned())];
-            match backend::connect(node, user, &params, timeout).await {
+            let mut conn = match backend::connect(node, user, &params, timeout).await {
                 Ok(c) => c,
                 Err(e) => return (None, Err(e.to_string())),
-            }
+            };
+            let system_id = match ask(&mut conn, SYSTEM_ID_SQL, timeout).await {
+                Ok(row) => row.as_deref().and_then(parse_system_id),
+                Err(e) => return (None, Err(e)),
+            };
+            ProbeConn { conn, system_id }
         }
     };
-    let mut request = BytesMut::new();
-    if let Err(e) = frontend::query(PROBE_SQL, &mut request) {
-        return (None, Err(e.to_string()));
-    }
     let sent_at = Instant::now();
-    let reply = tokio::time::timeout(timeout, conn.exchange(&request)).await;
-    let messages = match reply {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return (None, Err(e.to_string())),
-        Err(_) => return (None, Err(format!("no answer within {timeout:?}"))),
+    let row = match ask(&mut pc.conn, PROBE_SQL, timeout).await {
+        Ok(row) => row,
+        Err(e) => return (None, Err(e)),
     };
     let rtt = sent_at.elapsed();
-    let row = messages
-        .iter()
-        .find(|m| m[0] == b'D')
-        .map(|m| data_row_text(frame::body(m)));
-    let result = match row.as_deref() {
-        Some([Some(rec), lsn]) => Ok(Sample {
-            in_recovery: rec == "t",
-            lsn: lsn.as_deref().and_then(parse_lsn),
+    let result = row
+        .as_deref()
+        .and_then(parse_probe_row)
+        .map(|(in_recovery, lsn, timeline)| Sample {
+            in_recovery,
+            lsn,
+            timeline,
+            system_id: pc.system_id,
             sent_at,
             rtt,
-        }),
-        _ => Err("unexpected probe answer".to_owned()),
+        })
+        .ok_or_else(|| "unexpected probe answer".to_owned());
+    (Some(pc), result)
+}
+
+/// Runs `sql` (one row expected) on a probe connection within `timeout`: the first row's text
+/// columns, None when the server answered without a row (an error, say); Err when the
+/// connection is unusable.
+async fn ask(
+    conn: &mut BackendConn,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<Option<String>>>, String> {
+    let mut request = BytesMut::new();
+    frontend::query(sql, &mut request).map_err(|e| e.to_string())?;
+    let messages = match tokio::time::timeout(timeout, conn.exchange(&request)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no answer within {timeout:?}")),
     };
-    (Some(conn), result)
+    Ok(messages
+        .iter()
+        .find(|m| m[0] == b'D')
+        .map(|m| data_row_text(frame::body(m))))
+}
+
+/// (in recovery, position, timeline) from the columns of [`PROBE_SQL`].
+fn parse_probe_row(row: &[Option<String>]) -> Option<(bool, Option<u64>, Option<u32>)> {
+    match row {
+        [Some(rec), lsn, walfile] => Some((
+            rec == "t",
+            lsn.as_deref().and_then(parse_lsn),
+            walfile.as_deref().and_then(walfile_timeline),
+        )),
+        _ => None,
+    }
+}
+
+/// The timeline in a WAL file name: its first 8 hex digits (`000000020000000000000003` → 2).
+fn walfile_timeline(name: &str) -> Option<u32> {
+    let hex = name
+        .get(..8)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// `system_identifier` is a uint64 that PostgreSQL shows as a signed bigint.
+fn parse_system_id(row: &[Option<String>]) -> Option<u64> {
+    match row {
+        [Some(id)] => id.parse::<i64>().ok().map(|v| v as u64),
+        _ => None,
+    }
 }
 
 /// Text columns of a DataRow body.
@@ -393,26 +443,98 @@ mod tests {
     }
 
     #[test]
-    fn folding_a_round_computes_replica_lag() {
-        let t0 = Instant::now();
-        let mut history = PrimaryHistory::new(Duration::from_secs(60));
-        let s = |rec, lsn, ms| {
-            Some(Sample {
-                in_recovery: rec,
-                lsn: Some(lsn),
-                sent_at: t0 + Duration::from_millis(ms),
-                rtt: Duration::from_millis(1),
-            })
+    fn probe_rows() {
+        let row = |cols: &[Option<&str>]| {
+            cols.iter()
+                .map(|c| c.map(str::to_owned))
+                .collect::<Vec<_>>()
         };
-        fold(&[s(false, 100, 0), s(true, 100, 0)], &mut history, t0);
-        let h = fold(
-            &[s(false, 300, 500), s(true, 100, 500), None],
-            &mut history,
-            t0 + Duration::from_millis(600),
+        // (columns, parsed)
+        let cases = [
+            (
+                row(&[
+                    Some("f"),
+                    Some("0/3000060"),
+                    Some("000000010000000000000003"),
+                ]),
+                Some((false, Some(0x300_0060), Some(1))),
+            ),
+            (
+                row(&[Some("f"), Some("1/0"), Some("0000000A0000000100000000")]),
+                Some((false, Some(1 << 32), Some(10))),
+            ),
+            // A standby: no WAL file name (pg_walfile_name fails during recovery).
+            (
+                row(&[Some("t"), Some("0/5000000"), None]),
+                Some((true, Some(0x500_0000), None)),
+            ),
+            // A standby that has replayed nothing yet.
+            (row(&[Some("t"), None, None]), Some((true, None, None))),
+            (
+                row(&[Some("f"), Some("0/1"), Some("xyz")]),
+                Some((false, Some(1), None)),
+            ),
+            (
+                row(&[Some("f"), Some("0/1"), Some("+0000001000")]),
+                Some((false, Some(1), None)),
+            ),
+            // Answers of another shape (an older probe, a proxy in between).
+            (row(&[Some("f"), Some("0/1")]), None),
+            (row(&[None, Some("0/1"), None]), None),
+            (row(&[]), None),
+        ];
+        for (cols, want) in cases {
+            assert_eq!(parse_probe_row(&cols), want, "{cols:?}");
+        }
+    }
+
+    #[test]
+    fn system_identifiers() {
+        let cases: [(&[Option<&str>], Option<u64>); 5] = [
+            (
+                &[Some("7312345678901234567")],
+                Some(7_312_345_678_901_234_567),
+            ),
+            // Shown as a signed bigint when the top bit is set.
+            (&[Some("-1")], Some(u64::MAX)),
+            (&[None], None),
+            (&[Some("abc")], None),
+            (&[], None),
+        ];
+        for (cols, want) in cases {
+            let cols: Vec<Option<String>> = cols.iter().map(|c| c.map(str::to_owned)).collect();
+            assert_eq!(parse_system_id(&cols), want, "{cols:?}");
+        }
+    }
+
+    #[test]
+    fn a_sample_becomes_node_health_without_lag() {
+        let t0 = Instant::now();
+        let sample = |in_recovery, timeline| Sample {
+            in_recovery,
+            lsn: Some(7),
+            timeline,
+            system_id: Some(42),
+            sent_at: t0,
+            rtt: Duration::from_millis(2),
+        };
+        let primary = node_health(&Some(sample(false, Some(3))));
+        assert_eq!(
+            primary,
+            NodeHealth {
+                up: true,
+                in_recovery: Some(false),
+                lsn: Some(7),
+                sampled_at: Some(t0),
+                rtt: Some(Duration::from_millis(2)),
+                system_id: Some(42),
+                timeline: Some(3),
+                ..Default::default()
+            }
         );
-        assert!(h.primary.up && h.primary.in_recovery == Some(false));
-        assert_eq!(h.replicas[0].lag, Some(Duration::from_millis(100)));
-        assert_eq!(h.replicas[0].lag_bytes, Some(200));
-        assert!(!h.replicas[1].up);
+        let standby = node_health(&Some(sample(true, Some(3))));
+        assert_eq!(standby.timeline, None, "standbys write no timeline");
+        assert_eq!(standby.lag, None, "lag comes from the WAL history");
+        assert_eq!(node_health(&None), NodeHealth::default());
     }
 }

@@ -14,6 +14,7 @@ use crate::geo::{ClientLocation, GeoSource};
 use crate::health::{ClusterHealth, NodeHealth};
 use crate::protocol::frame;
 
+mod causal;
 mod pipelines;
 mod routing;
 mod safety;

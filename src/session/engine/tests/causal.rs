@@ -70,10 +70,16 @@ fn show_reports_the_sessions_position_once_the_cluster_is_known() {
     let got = h.client_got();
     // The token comes before the write's ReadyForQuery.
     assert_eq!(tags(&got), "CSZ");
-    assert!(got[1].text().starts_with("pgmeridian.causal_token|pgm1:42:1:0/3000060"));
+    assert!(got[1]
+        .text()
+        .starts_with("pgmeridian.causal_token|pgm1:42:1:0/3000060"));
     h.client(&[query("SHOW pgmeridian.causal_token")]);
     let got = h.client_got();
-    assert!(got[1].text().contains("pgm1:42:1:0/3000060"), "{}", got[1].text());
+    assert!(
+        got[1].text().contains("pgm1:42:1:0/3000060"),
+        "{}",
+        got[1].text()
+    );
 }
 
 #[test]
@@ -128,11 +134,10 @@ fn sessions_of_one_client_address_share_their_writes() {
     let mut reader = Harness::with(YAML, scoped);
     reader.scopes = std::mem::take(&mut writer.scopes);
     reader.client(&[query("select 1")]);
-    reader.take_acquire(Slot::Primary);
+    // Its read goes to the primary (`grant` takes the Acquire for that slot).
+    reader.grant(Slot::Primary);
     // Once the replica has replayed it, reads go back there.
     reader.set_health(|ch| ch.replicas[0].lsn = Some(0x200));
-    reader.client_got();
-    reader.grant(Slot::Primary);
     reader.server(Slot::Primary, &[complete("SELECT 1"), ready(b'I')]);
     reader.take_release(Slot::Primary);
     reader.client(&[query("select 1")]);
@@ -157,13 +162,23 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
     h.grant(Slot::Replica);
     let got = h.server_got(Slot::Replica);
     assert_eq!(tags(&got), "Q", "only the wait goes out first");
-    assert!(got[0].text().contains("pg_last_wal_replay_lsn() < '0/3000'"), "{}", got[0].text());
+    assert!(
+        got[0]
+            .text()
+            .contains("pg_last_wal_replay_lsn() < '0/3000'"),
+        "{}",
+        got[0].text()
+    );
     h.no_actions();
     h.server(Slot::Replica, &[complete("DO"), ready(b'I')]);
     assert_eq!(tags(&h.server_got(Slot::Replica)), "Q", "then the read");
     h.no_actions();
     h.server(Slot::Replica, &[complete("SELECT 1"), ready(b'I')]);
-    assert_eq!(tags(&h.client_got()), "CZ", "the wait's answer is swallowed");
+    assert_eq!(
+        tags(&h.client_got()),
+        "CZ",
+        "the wait's answer is swallowed"
+    );
     assert!(h.take_release(Slot::Replica).1);
     // When the wait times out, the read goes to the primary.
     h.write_committed_at("0/4000");
@@ -173,7 +188,10 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
     h.server_got(Slot::Replica);
     h.server(
         Slot::Replica,
-        &[error("P0001", "pgmeridian: replay wait timed out"), ready(b'I')],
+        &[
+            error("P0001", "pgmeridian: replay wait timed out"),
+            ready(b'I'),
+        ],
     );
     assert!(h.client_got().is_empty());
     assert!(h.take_release(Slot::Replica).1);
