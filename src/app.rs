@@ -43,8 +43,8 @@ pub struct Shared {
     /// Each cluster's volatile functions, from its catalog.
     pub catalogs: crate::catalog::Catalogs,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Failed backend connects by sessions since the last probe round.
-    pub connect_failures: crate::health::ConnectFailures,
+    /// What sessions tell the probe loops (positions waited for, failed connects).
+    pub probe_hints: crate::health::hints::ProbeHints,
     /// Backend connection pools, shared by every session.
     pub pools: Arc<crate::pool::Pools>,
     /// Clusters with a running probe loop.
@@ -69,7 +69,7 @@ impl Shared {
             pools: &self.pools,
             drain: &self.drain,
             hard_stop: &self.hard_stop,
-            failures: &self.connect_failures,
+            hints: &self.probe_hints,
         }
     }
 }
@@ -130,7 +130,7 @@ impl Shared {
             schema_epoch: Default::default(),
             catalogs: Default::default(),
             scopes: Default::default(),
-            connect_failures: Default::default(),
+            probe_hints: Default::default(),
             metrics,
         })
     }

@@ -2,6 +2,7 @@
 //! through `arc-swap` (desired state is `topology`). Pure helpers here; probing I/O is in
 //! `health/probe.rs`.
 
+pub mod hints;
 pub mod probe;
 pub mod rtt;
 pub mod tracker;
@@ -20,8 +21,13 @@ pub struct NodeHealth {
     pub lsn: Option<u64>,
     /// When the probe that produced `lsn` was sent: the value is at least the position then.
     pub sampled_at: Option<Instant>,
-    /// Replicas: how far behind the primary, in time and bytes.
+    /// Replicas: how far behind the primary, in time and bytes. The time is an upper bound
+    /// (the primary had the first missing position no later than a sample).
     pub lag: Option<Duration>,
+    /// Replicas: how long after the primary wrote a position this replica replayed it, as
+    /// estimated from the primary's samples around its replay position (0 when it has replayed
+    /// all the primary's sampled WAL). What a read waiting for a fresh write expects to wait.
+    pub apply_delay: Option<Duration>,
     pub lag_bytes: Option<u64>,
     pub rtt: Option<Duration>,
     /// Added by a reload and not probed yet (only set while health is re-laid for a new spec).
@@ -116,6 +122,14 @@ impl ClusterHealth {
         }
     }
 
+    /// Node `i` in configuration order, to change.
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut NodeHealth> {
+        match i {
+            0 => Some(&mut self.primary),
+            i => self.replicas.get_mut(i - 1),
+        }
+    }
+
     fn nodes_mut(&mut self) -> impl Iterator<Item = &mut NodeHealth> {
         std::iter::once(&mut self.primary).chain(&mut self.replicas)
     }
@@ -156,27 +170,6 @@ impl ClusterHealth {
             (Some(i), None) => PrimaryView::One(i),
             (Some(_), Some(_)) => PrimaryView::Conflict,
         }
-    }
-}
-
-/// Failed backend connects by sessions since the last probe round, keyed by node key
-/// (`host:port/db`): the probe loop counts them as failed observations.
-#[derive(Debug, Default)]
-pub struct ConnectFailures {
-    map: std::sync::Mutex<HashMap<String, u32>>,
-}
-
-impl ConnectFailures {
-    /// A session could not connect to `node`.
-    pub fn report(&self, node: &crate::topology::NodeSpec) {
-        let mut failures = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        *failures.entry(node.key.to_string()).or_default() += 1;
-    }
-
-    /// Takes the failures reported for `node` since the last call.
-    pub fn take(&self, node: &crate::topology::NodeSpec) -> u32 {
-        let mut failures = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        failures.remove(&*node.key).unwrap_or(0)
     }
 }
 
@@ -248,6 +241,17 @@ impl PrimaryHistory {
         self.samples.back().map(|&(_, l)| l)
     }
 
+    /// When the primary wrote `lsn`, interpolated between the samples around it (sample
+    /// times); None outside the sampled range.
+    pub fn written_at(&self, lsn: u64) -> Option<Instant> {
+        let i = self.samples.iter().position(|&(_, l)| l > lsn)?;
+        let (t1, l1) = self.samples[i];
+        let (t0, l0) = *self.samples.get(i.checked_sub(1)?)?;
+        let span = t1.saturating_duration_since(t0);
+        let part = (lsn - l0) as f64 / (l1 - l0) as f64;
+        Some(t0 + span.mul_f64(part))
+    }
+
     /// Time lag of a replica that has replayed up to `replay`, as of `now`.
     pub fn lag_of(&self, replay: u64, now: Instant) -> Option<Duration> {
         let latest = self.latest()?;
@@ -304,6 +308,24 @@ impl WalHistory {
         }
     }
 
+    /// A standby's apply delay: from when the primary wrote `replay` to when the standby's
+    /// probe read it, each side's sample time moved by half its round trip (when the server
+    /// answered). Zero when the standby has replayed everything sampled.
+    fn apply_delay(
+        &self,
+        replay: u64,
+        sampled_at: Option<Instant>,
+        rtt: Option<Duration>,
+        primary_rtt: Option<Duration>,
+    ) -> Option<Duration> {
+        if replay >= self.history.latest()? {
+            return Some(Duration::ZERO);
+        }
+        let written = self.history.written_at(replay)? + primary_rtt.unwrap_or_default() / 2;
+        let replayed = sampled_at? + rtt.unwrap_or_default() / 2;
+        Some(replayed.saturating_duration_since(written))
+    }
+
     /// The primary whose WAL the history follows (None before one was seen).
     pub fn source(&self) -> Option<&WalSource> {
         self.source.as_ref()
@@ -340,12 +362,15 @@ impl WalHistory {
             self.recent.pop_front();
         }
         let system = self.source.as_ref().and_then(|s| s.system_id);
+        let primary_rtt = health.acting_primary_rtt();
         for n in health.nodes_mut() {
             (n.lag, n.lag_bytes) = (None, None);
             let standby = n.up && n.in_recovery == Some(true);
             // A standby of another database system does not replay this WAL at all.
             let foreign = matches!((system, n.system_id), (Some(a), Some(b)) if a != b);
+            n.apply_delay = None;
             if let (true, false, Some(replay)) = (standby, foreign, n.lsn) {
+                n.apply_delay = self.apply_delay(replay, n.sampled_at, n.rtt, primary_rtt);
                 n.lag = self.history.lag_of(replay, now);
                 n.lag_bytes = n
                     .lag
@@ -517,6 +542,28 @@ mod tests {
 #[cfg(test)]
 mod wal_tests {
     use super::*;
+
+    #[test]
+    fn a_position_is_dated_between_the_samples_around_it() {
+        let t0 = Instant::now();
+        let mut h = PrimaryHistory::new(Duration::from_secs(60));
+        h.push(t0, 1000);
+        h.push(t0 + Duration::from_millis(100), 2000);
+        h.push(t0 + Duration::from_millis(300), 2100);
+        let cases: &[(u64, Option<u64>)] = &[
+            (999, None),
+            (1000, Some(0)),
+            (1500, Some(50)),
+            (2050, Some(200)),
+            (2100, None),
+        ];
+        for &(lsn, want_ms) in cases {
+            let got = h
+                .written_at(lsn)
+                .map(|t| t.duration_since(t0).as_millis() as u64);
+            assert_eq!(got, want_ms, "{lsn}");
+        }
+    }
 
     const SYSTEM: u64 = 7;
 

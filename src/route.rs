@@ -277,8 +277,8 @@ pub fn decide(input: &RouteInput) -> Decision {
 
 /// When a read's position is not replayed anywhere yet: whether the best replica (ignoring
 /// the position) is expected to replay it and answer sooner than the primary would answer,
-/// within `routing.causal_wait_max`. The expected wait is the replica's measured lag; both
-/// sides pay their probe round trip.
+/// within `routing.causal_wait_max`. The expected wait is the replica's apply delay (else its
+/// lag); both sides pay their probe round trip.
 fn worth_waiting(input: &RouteInput) -> Option<(usize, u64)> {
     let max = input.policy.causal_wait_max;
     let need = input.session.requirement.lsn?;
@@ -294,7 +294,7 @@ fn worth_waiting(input: &RouteInput) -> Option<(usize, u64)> {
     let (i, _) = best_replica(input, Requirement::NONE).ok()?;
     let replica = health.replicas.get(i)?;
     let primary_rtt = health.acting_primary_rtt()?;
-    let expected = replica.lag.unwrap_or_default() + replica.rtt?;
+    let expected = replica.apply_delay.or(replica.lag).unwrap_or_default() + replica.rtt?;
     (until_ok && expected <= max && expected < primary_rtt).then_some((i, need))
 }
 

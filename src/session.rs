@@ -38,7 +38,7 @@ pub struct Handles<'s> {
     pub drain: &'s tokio_util::sync::CancellationToken,
     pub hard_stop: &'s tokio_util::sync::CancellationToken,
     /// Where failed backend connects are reported (the probes count them).
-    pub failures: &'s crate::health::ConnectFailures,
+    pub hints: &'s crate::health::hints::ProbeHints,
 }
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);

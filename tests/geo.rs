@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use pgmeridian::app::Proxy;
@@ -86,25 +86,6 @@ async fn session_from(
 async fn read_from(proxy: SocketAddr, client: &str, options: Option<&str>) -> u16 {
     let c = session_from(proxy, client, options, "app").await.unwrap();
     served_port(&c).await
-}
-
-fn metric(p: &Proxy, needle: &str) -> f64 {
-    let text = String::from_utf8(p.shared.metrics.render()).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && needle.split('|').all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn replica_health(p: &Proxy, cluster: &str, i: usize) -> pgmeridian::health::NodeHealth {

@@ -26,6 +26,9 @@ const PROBE_SQL: &str = "select pg_is_in_recovery(), \
 
 /// Asked once per probe connection: which database system the server belongs to (nodes of
 /// one replicated cluster share it). Not fatal when refused: the identifier stays unknown.
+/// Asked between rounds of a replica that reads are waiting for.
+const REPLAY_SQL: &str = "select pg_last_wal_replay_lsn()";
+
 const SYSTEM_ID_SQL: &str = "select system_identifier from pg_control_system()";
 
 /// Starts a probe loop for each cluster of the current topology that has none yet (at start,
@@ -82,14 +85,21 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
     let mut wal = WalHistory::new(Duration::from_secs(120));
     let mut published: Vec<Arc<NodeSpec>> = Vec::new();
     let mut round_started: Option<Instant> = None;
+    let hint = shared.probe_hints.cluster(&name);
     loop {
         // Every round reads the live topology: interval, nodes and users follow reloads.
         let interval = shared.topology.load().health.interval;
         if let Some(started) = round_started {
-            let next = tokio::time::Instant::from_std(started + interval);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = shared.drain.cancelled() => return,
+            let stop = between_rounds(
+                &shared,
+                &name,
+                &hint,
+                &mut states,
+                &published,
+                started + interval,
+            );
+            if stop.await.is_break() {
+                return;
             }
         }
         round_started = Some(Instant::now());
@@ -179,12 +189,6 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
                 continue;
             };
             let h = &mut health[i];
-            // Sessions that failed to connect since the last round count as failed probes.
-            for _ in 0..shared.connect_failures.take(node).min(fall) {
-                if let Some(state) = st.tracker.observe(false) {
-                    tracing::info!(node = %node, ?state, "node state changed (session connect failures)");
-                }
-            }
             if let Some(state) = st.tracker.observe(samples[i].is_some()) {
                 tracing::info!(node = %node, ?state, "node state changed");
                 if state == super::tracker::State::Down {
@@ -226,6 +230,145 @@ async fn cluster_loop(shared: Arc<Shared>, name: String) {
             super::Health { clusters }
         });
     }
+}
+
+/// Soonest a session's failed connect brings the next round after the last one.
+const HINTED_ROUND_GAP: Duration = Duration::from_millis(100);
+/// How often replicas' replay positions are asked while reads wait for a position.
+const REPLAY_POLL: Duration = Duration::from_millis(2);
+/// How long one replay question may take (it is skipped when slower).
+const REPLAY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Waits until the next round is due at `next`, or sooner when a session's connect failed.
+/// Meanwhile, while reads wait for a WAL position some up replica has not replayed, asks
+/// those replicas for their replay position every `REPLAY_POLL` and publishes what they say.
+/// Breaks at the drain.
+async fn between_rounds(
+    shared: &Shared,
+    name: &str,
+    hint: &super::hints::ClusterHint,
+    states: &mut std::collections::HashMap<Arc<str>, NodeState>,
+    nodes: &[Arc<NodeSpec>],
+    next: Instant,
+) -> std::ops::ControlFlow<()> {
+    let started = next - shared.topology.load().health.interval;
+    let mut polled: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= next {
+            return std::ops::ControlFlow::Continue(());
+        }
+        if hint.round_now_asked() && now >= started + HINTED_ROUND_GAP {
+            hint.take_round_now();
+            return std::ops::ControlFlow::Continue(());
+        }
+        let behind = replicas_behind(shared, name, nodes, hint.wanted());
+        let poll_due = polled.map_or(now, |p| p + REPLAY_POLL);
+        if !behind.is_empty() && now >= poll_due {
+            polled = Some(now);
+            refresh_replay(shared, name, states, nodes, &behind).await;
+            continue;
+        }
+        let mut wake = next;
+        if !behind.is_empty() {
+            wake = wake.min(poll_due);
+        }
+        if hint.round_now_asked() {
+            wake = wake.min(started + HINTED_ROUND_GAP);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            _ = hint.notified() => {}
+            _ = shared.drain.cancelled() => return std::ops::ControlFlow::Break(()),
+        }
+    }
+}
+
+/// Indexes (in `nodes`) of up replicas in recovery whose published replay position is
+/// below `wanted`.
+fn replicas_behind(
+    shared: &Shared,
+    name: &str,
+    nodes: &[Arc<NodeSpec>],
+    wanted: u64,
+) -> Vec<usize> {
+    if wanted == 0 {
+        return Vec::new();
+    }
+    let health = shared.health.load();
+    let Some(h) = health.clusters.get(name) else {
+        return Vec::new();
+    };
+    (0..nodes.len())
+        .filter(|&i| {
+            h.node(i).is_some_and(|n| {
+                n.up && n.in_recovery == Some(true) && n.lsn.is_some_and(|l| l < wanted)
+            })
+        })
+        .collect()
+}
+
+/// Asks the replicas at `which` for their replay position on their probe connections and
+/// publishes the positions that moved (nothing else of their health changes here).
+async fn refresh_replay(
+    shared: &Shared,
+    name: &str,
+    states: &mut std::collections::HashMap<Arc<str>, NodeState>,
+    nodes: &[Arc<NodeSpec>],
+    which: &[usize],
+) {
+    let mut asks = JoinSet::new();
+    for &i in which {
+        let Some(pc) = states.get_mut(&nodes[i].key).and_then(|s| s.conn.take()) else {
+            continue;
+        };
+        asks.spawn(async move {
+            let mut pc = pc;
+            let answer = ask(&mut pc.conn, REPLAY_SQL, REPLAY_TIMEOUT).await;
+            let lsn = match &answer {
+                Ok(Some(row)) => row
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .as_deref()
+                    .and_then(parse_lsn),
+                _ => None,
+            };
+            // A connection whose question timed out is in an unknown state: the next round
+            // opens a new one.
+            (i, answer.is_ok().then_some(pc), lsn)
+        });
+    }
+    let mut moved = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        let Ok((i, pc, lsn)) = joined else {
+            continue;
+        };
+        if let Some(st) = states.get_mut(&nodes[i].key) {
+            st.conn = pc;
+        }
+        if let Some(lsn) = lsn {
+            moved.push((i, lsn));
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    shared.health.rcu(|h| {
+        let mut clusters = h.clusters.clone();
+        if let Some(current) = clusters.get(name) {
+            let mut ch = ClusterHealth::clone(current);
+            for &(i, lsn) in &moved {
+                if let Some(n) = ch.node_mut(i) {
+                    if n.in_recovery == Some(true) && n.lsn.is_none_or(|l| l < lsn) {
+                        n.lsn = Some(lsn);
+                    }
+                }
+            }
+            clusters.insert(name.to_owned(), Arc::new(ch));
+        }
+        super::Health { clusters }
+    });
 }
 
 /// Drops the per-node series of nodes that left the configuration.
@@ -293,6 +436,7 @@ fn node_health(sample: &Option<Sample>) -> NodeHealth {
             lsn: s.lsn,
             sampled_at: Some(s.sent_at),
             lag: None,
+            apply_delay: None,
             lag_bytes: None,
             rtt: Some(s.rtt),
             unprobed: false,

@@ -235,7 +235,7 @@ pub async fn run(
                     Err(e) => {
                         if let AcquireError::Connect(c) = &e {
                             if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
-                                h.failures.report(&node);
+                                h.hints.cluster(&node.cluster).connect_failed();
                             }
                         }
                         tracing::warn!(error = %e, "no server connection for the session");
@@ -287,6 +287,7 @@ fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
         scopes: h.scopes,
         schema_epoch: h.schema_epoch,
         catalogs: h.catalogs,
+        hints: h.hints,
         now: std::time::Instant::now(),
     };
     f(&env)

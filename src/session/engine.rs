@@ -122,6 +122,8 @@ pub struct Env<'a> {
     pub schema_epoch: &'a std::sync::atomic::AtomicU64,
     /// Each cluster's volatile functions.
     pub catalogs: &'a crate::catalog::Catalogs,
+    /// What sessions tell the probe loops.
+    pub hints: &'a crate::health::hints::ProbeHints,
     pub now: Instant,
 }
 
@@ -286,6 +288,8 @@ pub struct Engine {
     pub(crate) waiting_for: Option<u64>,
     /// The write functions with the cluster's catalog, as of (catalogs version, topology).
     pub(crate) functions: Option<(u64, Arc<Topology>, Option<crate::classify::WriteFunctions>)>,
+    /// Its cluster's probe hints: (cluster name, hints).
+    pub(crate) probe_hint: Option<(Arc<str>, Arc<crate::health::hints::ClusterHint>)>,
     /// How the client's SQL bytes form characters, from the last `client_encoding` reported.
     pub(crate) client_encoding: ClientEncoding,
     /// NoticeResponses owed to the client before the next batch's answers.
@@ -344,6 +348,7 @@ impl Engine {
             waiting_for: None,
             client_encoding: start.client_encoding,
             functions: None,
+            probe_hint: None,
             notices: Vec::new(),
         };
         engine.scope = scope;

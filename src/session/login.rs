@@ -138,7 +138,7 @@ pub async fn greeting(
             let mut lease = pool.acquire(connect_timeout).await.map_err(|e| {
                 if let crate::pool::AcquireError::Connect(c) = &e {
                     if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
-                        h.failures.report(&node);
+                        h.hints.cluster(&node.cluster).connect_failed();
                     }
                 }
                 tracing::warn!(error = %e, "backend login failed");

@@ -330,3 +330,40 @@ pub async fn served_port(c: &Client) -> u16 {
 pub fn pg_ctl(what: &str, step: impl FnOnce() -> Result<(), String>) {
     tokio::task::block_in_place(step).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
+
+/// The sum of the proxy's metric lines that contain every `|`-separated part of `needle`.
+pub fn metric(p: &Proxy, needle: &str) -> f64 {
+    let text = String::from_utf8(p.shared.metrics.render()).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && needle.split('|').all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (20 s at most) until `ok` holds.
+pub async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A client through the proxy as `app` whose connection comes from `source` (another
+/// loopback address: another client machine, as far as the proxy can tell).
+pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let config: tokio_postgres::Config = conn_string(addr, "app", APP_PASSWORD, "app")
+        .parse()
+        .unwrap();
+    let (client, conn) = config.connect_raw(stream, NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}

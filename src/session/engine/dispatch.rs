@@ -489,7 +489,15 @@ impl Engine {
         };
         self.waiting_for = None;
         match route::decide(&input) {
-            Decision::Route { target, reason } => Ok((target, reason)),
+            Decision::Route { target, reason } => {
+                if reason == Reason::PinnedAfterWrite {
+                    if let Some(lsn) = self.route.requirement.lsn {
+                        // Its replicas' replay is asked again soon, not at the next round.
+                        self.probe_hint(env).want(lsn);
+                    }
+                }
+                Ok((target, reason))
+            }
             Decision::Wait { replica, lsn } => {
                 // The caller picks the wait up (`waiting_for`); a caller that cannot wait
                 // sends the read to the replica only once it has the position.
@@ -571,5 +579,20 @@ impl Engine {
                 .map(|v| self.topology.write_functions.with_catalog(v));
             self.functions = Some((version, self.topology.clone(), writes));
         }
+    }
+}
+
+impl Engine {
+    /// The cluster's probe hints (looked up once per session and cluster).
+    fn probe_hint(&mut self, env: &Env) -> &crate::health::hints::ClusterHint {
+        let stale = self
+            .probe_hint
+            .as_ref()
+            .is_none_or(|(c, _)| **c != *self.cluster.name);
+        if stale {
+            let hint = env.hints.cluster(&self.cluster.name);
+            self.probe_hint = Some((Arc::from(self.cluster.name.as_str()), hint));
+        }
+        &self.probe_hint.as_ref().expect("just set").1
     }
 }

@@ -168,6 +168,7 @@ pub(super) struct Harness {
     pub learned: LearnedWrites,
     pub epoch: std::sync::atomic::AtomicU64,
     pub catalogs: crate::catalog::Catalogs,
+    pub hints: crate::health::hints::ProbeHints,
     pub scopes: crate::causal::Scopes,
     pub cancels: Arc<CancelRegistry>,
     pub cancel: (i32, i32),
@@ -235,6 +236,7 @@ impl Harness {
             learned: LearnedWrites::default(),
             epoch: Default::default(),
             catalogs: Default::default(),
+            hints: Default::default(),
             scopes: Default::default(),
             cancels,
             cancel,
@@ -253,6 +255,7 @@ impl Harness {
             learned: &self.learned,
             schema_epoch: &self.epoch,
             catalogs: &self.catalogs,
+            hints: &self.hints,
             scopes: &self.scopes,
             now: self.now,
         };

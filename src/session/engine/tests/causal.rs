@@ -198,3 +198,14 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
     h.grant(Slot::Primary);
     assert_eq!(tags(&h.server_got(Slot::Primary)), "Q");
 }
+
+#[test]
+fn a_read_kept_from_replicas_asks_the_probes_for_their_replay_position() {
+    let mut h = Harness::new();
+    assert_eq!(h.hints.cluster("app").wanted(), 0);
+    h.write_committed_at("0/2000");
+    h.client_got();
+    h.client(&[query("select 1")]);
+    h.take_acquire(Slot::Primary);
+    assert_eq!(h.hints.cluster("app").wanted(), 0x2000);
+}
