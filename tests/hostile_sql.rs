@@ -368,3 +368,55 @@ async fn a_flood_of_notices_on_a_replica_read_is_not_buffered() {
         grew >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_whose_settings_fail_cannot_take_a_node_out_of_service() {
+    // Sessions used to count their failed backend logins as failed probes: a client could
+    // mark the primary down for everyone. Now they only ask the probes to look sooner.
+    let proxy = proxy_ready("health: { interval: 200ms, fall: 2 }\n").await;
+    // A startup packet just under PostgreSQL's 10,000-byte limit (the pool logs in with its
+    // own parameters; the setting is applied with SET).
+    let path: String = (0..1600).map(|i| format!("s{i:04},")).collect::<String>();
+    let path = path[..8999].trim_end_matches(',');
+    for _ in 0..20 {
+        let (c, conn) = tokio_postgres::connect(
+            &format!(
+                "{} options='-c search_path={path}'",
+                conn_string(proxy.addr, "app", APP_PASSWORD, "app")
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("a long startup packet within the limit is accepted");
+        tokio::spawn(conn);
+        let v: i32 = c.query_one("select 1", &[]).await.unwrap().get(0);
+        assert_eq!(v, 1);
+    }
+    // Settings the server refuses: every session's login fails, with the server's error.
+    for _ in 0..20 {
+        let e = refused(
+            tokio_postgres::connect(
+                &format!(
+                    "{} options='-c statement_timeout=banana'",
+                    conn_string(proxy.addr, "app", APP_PASSWORD, "app")
+                ),
+                tokio_postgres::NoTls,
+            )
+            .await,
+            "an invalid setting",
+        );
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{e}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let health = proxy.shared.health.load();
+    let h = &health.clusters["app"];
+    assert!(h.primary.up, "the primary is still up");
+    let c = connect(proxy.addr).await;
+    c.batch_execute("CREATE TEMP TABLE still_writable (x int)")
+        .await
+        .expect("writes still work");
+}

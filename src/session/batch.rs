@@ -29,6 +29,8 @@ pub struct StatementDef {
     pub hint: Option<Hint>,
     /// Its `/* pgmeridian:causal_token=… */` hint, applied at each execution.
     pub causal_token: Option<String>,
+    /// Its text mentions COPY: running it may put the connection in COPY mode.
+    pub copies: bool,
 }
 
 impl StatementDef {
@@ -134,6 +136,9 @@ pub enum Msg {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub msgs: Vec<Msg>,
+    /// A statement it runs may be a COPY: nothing of the proxy's may follow it in the same
+    /// write (the server would take it for COPY data).
+    pub copies: bool,
     /// Bytes of client messages in the batch.
     pub len: usize,
     /// Combined class of everything the batch executes (Empty if it only prepares/describes).
@@ -186,6 +191,13 @@ fn classify_learned(
         c.class = Class::Write;
     }
     c
+}
+
+/// Whether `sql` (classified as `class`) may be a COPY: a write or unknown statement whose
+/// text says "copy" anywhere (cheap and conservative).
+fn mentions_copy(class: &Class, sql: &[u8]) -> bool {
+    matches!(class, Class::Write | Class::Unknown | Class::Pin(_))
+        && sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 /// The shapes (learned-write identities) of what a batch executes.
@@ -279,6 +291,7 @@ pub fn add(
             if c.causal_token.is_some() {
                 batch.causal_token = c.causal_token.clone();
             }
+            batch.copies |= mentions_copy(&c.class, sql);
             if sql.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'd')) {
                 batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
             }
@@ -303,11 +316,13 @@ pub fn add(
             let name = String::from_utf8_lossy(name).into_owned();
             let key = key_of(rest);
             let c = classify_learned(sql, || key as u64, ctx);
+            let copies = mentions_copy(&c.class, sql);
             let def = Arc::new(StatementDef {
                 key,
                 body: msg.slice_ref(rest),
                 class: c.class,
                 hint: c.hint,
+                copies,
                 causal_token: c.causal_token,
             });
             batch.extended = true;
@@ -342,6 +357,7 @@ pub fn add(
             let stmt_use = use_of(statements, stmt);
             match &stmt_use {
                 Use::Unnamed(Some(d)) | Use::Named { def: Some(d), .. } => {
+                    batch.copies |= d.copies;
                     if d.causal_token.is_some() {
                         batch.causal_token = d.causal_token.clone();
                     }

@@ -59,6 +59,7 @@ impl Engine {
         let capture = slot == Slot::Primary
             && self.topology.routing.read_your_writes == crate::config::ReadYourWrites::Lsn
             && batch.completes
+            && !batch.copies
             && ((wrote && autocommit)
                 || (matches!(class, Class::End)
                     && (self.route.txn == TxnStatus::InTransaction || self.txn_may_be_opening)));

@@ -209,3 +209,14 @@ fn a_read_kept_from_replicas_asks_the_probes_for_their_replay_position() {
     h.take_acquire(Slot::Primary);
     assert_eq!(h.hints.cluster("app").wanted(), 0x2000);
 }
+
+#[test]
+fn nothing_follows_a_statement_that_may_start_a_copy() {
+    // The server would read the position query as COPY data.
+    let mut h = Harness::new();
+    h.client(&[query("COPY t FROM STDIN")]);
+    h.grant(Slot::Primary);
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q", "no position query behind it");
+    h.client(&[query("insert into t values (1)")]);
+    h.no_actions();
+}
