@@ -46,7 +46,7 @@ pub struct Config {
     /// Admin HTTP listener; optional until the admin surface lands.
     #[serde(default)]
     pub admin_listen: Option<String>,
-    /// Where this proxy runs: the fallback client location.
+    /// Where this proxy runs: the fallback client location (`${VAR}` is expanded).
     pub region: String,
     /// Named places with coordinates, for distance ranking.
     #[serde(default)]
@@ -478,6 +478,8 @@ impl Config {
     }
 
     fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+        // One file for a fleet: each deployment says where it runs (Kubernetes: an env var).
+        expand_field(&mut self.region, "region", env, problems);
         for (i, user) in self.users.iter_mut().enumerate() {
             expand_field(
                 &mut user.password,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench) and promtool
-# are there, installing them with apt-get when missing and we are root, then checks formatting
+# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench), promtool and
+# the Kubernetes schema validators are there, installing them when missing, then checks formatting
 # and lints and runs every test against real servers. A test that needs PostgreSQL or promtool
 # fails if it is missing.
 set -euo pipefail
@@ -36,6 +36,15 @@ if ! command -v promtool >/dev/null; then
     echo "tests/run.sh: promtool not found (Debian/Ubuntu: sudo apt-get install prometheus)." >&2
     exit 1
   fi
+fi
+
+# tests/deploy.rs validates deploy/kubernetes against the Kubernetes API and prometheus-operator
+# CRD schemas with Python packages (pinned in deploy/kubernetes/check/requirements.txt), and
+# renders it with `kubectl kustomize` (kubectl comes with the machine; no registry here has it).
+if ! python3 -c 'import kubernetes_validate, cloudcoil.models.prometheus_operator' 2>/dev/null; then
+  echo "tests/run.sh: installing the Kubernetes schema validators (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -r deploy/kubernetes/check/requirements.txt
 fi
 
 cargo fmt --all -- --check

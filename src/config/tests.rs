@@ -25,6 +25,7 @@ fn env(name: &str) -> Option<String> {
     match name {
         "APP_PASSWORD" => Some("s3cret".into()),
         "EMPTY" => Some(String::new()),
+        "POD_REGION" => Some("eu-west".into()),
         _ => None,
     }
 }
@@ -246,6 +247,22 @@ fn missing_sections_are_errors() {
             "users: at least one user is required",
             "clusters: at least one cluster is required"
         ]
+    );
+}
+
+#[test]
+fn region_is_expanded_before_it_is_checked() {
+    let c = Config::from_yaml(
+        &VALID.replacen("region: us-east", "region: ${POD_REGION}", 1),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.region, "eu-west");
+    let unset = VALID.replacen("region: us-east", "region: ${NO_REGION}", 1);
+    assert!(
+        problems(&unset).contains(&"region: environment variable NO_REGION is not set".into()),
+        "{:?}",
+        problems(&unset)
     );
 }
 
