@@ -405,11 +405,7 @@ async fn clients_whose_settings_fail_cannot_take_a_node_out_of_service() {
             .await,
             "an invalid setting",
         );
-        assert_eq!(
-            e.code(),
-            Some(&SqlState::INVALID_PARAMETER_VALUE),
-            "{e}"
-        );
+        assert_eq!(e.code(), Some(&SqlState::INVALID_PARAMETER_VALUE), "{e}");
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let health = proxy.shared.health.load();

@@ -216,7 +216,11 @@ fn nothing_follows_a_statement_that_may_start_a_copy() {
     let mut h = Harness::new();
     h.client(&[query("COPY t FROM STDIN")]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "Q", "no position query behind it");
+    assert_eq!(
+        tags(&h.server_got(Slot::Primary)),
+        "Q",
+        "no position query behind it"
+    );
     h.client(&[query("insert into t values (1)")]);
     h.no_actions();
 }
