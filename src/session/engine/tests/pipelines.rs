@@ -114,7 +114,8 @@ fn extended_copy_from_with_libpqs_second_sync() {
     let mut h = Harness::new();
     h.client(&[parse("", "copy t from stdin"), bind(""), execute(), sync()]);
     h.grant(Slot::Primary);
-    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBESQ");
+    // Nothing of the proxy's behind a COPY: the server would read it as COPY data.
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBES");
     h.server(
         Slot::Primary,
         &[parse_complete(), bind_complete(), msg(b'G', b"\0\0\0")],
@@ -124,11 +125,7 @@ fn extended_copy_from_with_libpqs_second_sync() {
     h.no_actions();
     assert_eq!(tags(&h.server_got(Slot::Primary)), "ddcS");
     // The first Sync was ignored during COPY; the server answers the second one.
-    // (Then the proxy's position query, which the server received before the data.)
-    h.server(
-        Slot::Primary,
-        &with_position(&[complete("COPY 2"), ready(b'I')], "0/10"),
-    );
+    h.server(Slot::Primary, &[complete("COPY 2"), ready(b'I')]);
     assert_eq!(tags(&h.client_got()), "CZ");
     assert!(h.take_release(Slot::Primary).1);
     assert!(h.engine.quiescent(&h.b));
@@ -155,10 +152,7 @@ fn simple_copy_out_streams_rows_and_copy_in_routes_data() {
     h.server(Slot::Primary, &[msg(b'G', b"\0\0\0")]);
     h.client(&[msg(b'd', b"1\n"), msg(b'c', b"")]);
     assert_eq!(tags(&h.server_got(Slot::Primary)), "dc");
-    h.server(
-        Slot::Primary,
-        &with_position(&[complete("COPY 1"), ready(b'I')], "0/10"),
-    );
+    h.server(Slot::Primary, &[complete("COPY 1"), ready(b'I')]);
     assert_eq!(tags(&h.client_got()), "GCZ");
     assert!(h.take_release(Slot::Primary).1);
 }
