@@ -38,7 +38,7 @@ async fn app_backends(port: u16) -> i64 {
     client
         .query_one(
             "select count(*) from pg_stat_activity where usename = 'app' \
-             and backend_type = 'client backend' and application_name <> 'pgmeridian-probe'",
+             and backend_type = 'client backend' and application_name not in ('pgmeridian-probe', 'pgmeridian-catalog')",
             &[],
         )
         .await
@@ -414,6 +414,10 @@ async fn answers_until(
     let mut z = 0;
     loop {
         while let Some(m) = frame::split_message(buf, 1 << 24).unwrap() {
+            if m[0] == b'S' {
+                // ParameterStatus (the causal token after a commit) is not part of the answer.
+                continue;
+            }
             tags.push(m[0] as char);
             if m[0] == b'E' {
                 let f = pgmeridian::protocol::backend::ErrorFields::parse(frame::body(&m)).unwrap();
