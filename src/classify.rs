@@ -245,6 +245,8 @@ pub struct Classified {
     pub hint: Option<Hint>,
     /// From a leading comment `/* pgmeridian:causal_token=… */`: the token text.
     pub causal_token: Option<String>,
+    /// A statement is a COPY: running it may put the connection in COPY mode.
+    pub copies: bool,
 }
 
 /// Classifies `sql` (one or more statements) for routing.
@@ -261,6 +263,7 @@ pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
     let mut before_first_token = true;
     let mut start = 0;
     let mut has_token = false;
+    let mut copies = false;
     // The whole-statement scan runs in this same pass.
     let mut scan = rules::Scan::default();
     while let Some(item) = lx.next_item() {
@@ -294,6 +297,9 @@ pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
             scan = rules::Scan::default();
             continue;
         }
+        if !has_token && t.is_kw("copy") {
+            copies = true;
+        }
         scan.feed(t, write_functions);
         has_token = true;
     }
@@ -310,6 +316,7 @@ pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Classified {
         class: combined.finish(),
         hint,
         causal_token,
+        copies,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Table-driven tests for `classify`, plus robustness and holdout checks.
 
-use super::{classify, Class, Hint, PinReason, Setting, VolatileFunctions, WriteFunctions};
+use super::{classify, Class, Hint, PinReason, Setting, WriteFunctions};
 
+mod functions;
 mod holdout;
 mod robustness;
 
@@ -627,58 +628,19 @@ fn causal_tokens_come_from_leading_comments() {
 }
 
 #[test]
-fn write_functions_config_parsing() {
-    let wf = WriteFunctions::new(["  ", "App.Bump", "plain", "\"Odd\""]);
-    let w = |sql: &str| classify(sql, &wf).class;
-    assert_eq!(w("SELECT app.bump(1)"), W);
-    assert_eq!(w("SELECT bump(1)"), W);
-    assert_eq!(w("SELECT other.bump(1)"), R);
-    assert_eq!(w("SELECT x.plain(1)"), W);
-    assert_eq!(w("SELECT odd()"), W);
-    assert_eq!(w("SELECT bump FROM t"), R);
-    let default = WriteFunctions::default();
-    assert_eq!(classify("SELECT nextval('s')", &default).class, W);
-    assert_eq!(classify("SELECT app.bump(1)", &default).class, R);
-}
-
-#[test]
-fn volatile_functions_from_the_catalog_are_writes_unless_allowed() {
-    let catalog = std::sync::Arc::new(VolatileFunctions::new([
-        "my_counter",
-        "audit_read",
-        "pg_sleep",
-        "random",
-        "pg_wal_replay_pause",
-        "pg_is_in_recovery",
-        "Mixed_Case",
-    ]));
-    let wf = WriteFunctions::new(["billing.charge"])
-        .with_reads(["audit_read", "app.my_counter"])
-        .with_catalog(catalog);
-    let cases: &[(&str, Class)] = &[
-        ("SELECT my_counter()", R), // allowed as app.my_counter: any unqualified call may be it
-        ("SELECT other.my_counter()", W),
-        ("SELECT app.my_counter()", R),
-        ("SELECT audit_read(1), x FROM t", R),
-        ("SELECT pg_sleep(10)", W),
-        ("SELECT pid, pg_wal_replay_pause() FROM pg_stat_activity", W),
-        ("SELECT random(), pg_is_in_recovery()", R),
-        ("SELECT mixed_case()", W),
-        ("SELECT \"MIXED_CASE\"()", W),
-        ("SELECT lower('A'), count(*) FROM t", R),
-        ("SELECT billing.charge(1)", W),
-        ("SELECT nextval('s')", W),
-        ("SELECT pg_advisory_lock(1)", pin(AdvisoryLock)),
-        // A name, not a call.
-        ("SELECT pg_sleep FROM t", R),
+fn copy_statements_are_flagged() {
+    let wf = WriteFunctions::default();
+    let cases: &[(&str, bool)] = &[
+        ("COPY t FROM STDIN", true),
+        ("insert into t values (1); copy t from stdin", true),
+        ("/* c */ copy (select 1) to stdout", true),
+        ("SELECT 'copy'", false),
+        ("SELECT pg_copy_physical_replication_slot('a', 'b')", false),
+        ("insert into copy values (1)", false),
     ];
     for (sql, want) in cases {
-        assert_eq!(classify(sql, &wf).class, *want, "{sql}");
+        assert_eq!(classify(sql, &wf).copies, *want, "{sql}");
     }
-    // Without a catalog (not loaded yet, or switched off) only the lists apply.
-    let plain = WriteFunctions::new(["billing.charge"]);
-    assert_eq!(classify("SELECT pg_sleep(10)", &plain).class, R);
-    assert_eq!(classify("SELECT my_counter()", &plain).class, R);
 }
 
 #[test]

@@ -176,6 +176,8 @@ fn classify_learned(
             class: Class::Write,
             hint: None,
             causal_token: None,
+            // Unreadable: it may be anything.
+            copies: true,
         };
     };
     let mut c = classify(&text, ctx.writes);
@@ -191,13 +193,6 @@ fn classify_learned(
         c.class = Class::Write;
     }
     c
-}
-
-/// Whether `sql` (classified as `class`) may be a COPY: a write or unknown statement whose
-/// text says "copy" anywhere (cheap and conservative).
-fn mentions_copy(class: &Class, sql: &[u8]) -> bool {
-    matches!(class, Class::Write | Class::Unknown | Class::Pin(_))
-        && sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }
 
 /// The shapes (learned-write identities) of what a batch executes.
@@ -291,7 +286,7 @@ pub fn add(
             if c.causal_token.is_some() {
                 batch.causal_token = c.causal_token.clone();
             }
-            batch.copies |= mentions_copy(&c.class, sql);
+            batch.copies |= c.copies;
             if sql.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'd')) {
                 batch.deallocate = std::str::from_utf8(sql).ok().and_then(deallocation);
             }
@@ -316,13 +311,12 @@ pub fn add(
             let name = String::from_utf8_lossy(name).into_owned();
             let key = key_of(rest);
             let c = classify_learned(sql, || key as u64, ctx);
-            let copies = mentions_copy(&c.class, sql);
             let def = Arc::new(StatementDef {
                 key,
                 body: msg.slice_ref(rest),
                 class: c.class,
                 hint: c.hint,
-                copies,
+                copies: c.copies,
                 causal_token: c.causal_token,
             });
             batch.extended = true;
