@@ -57,6 +57,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 &shared.topology.load(),
                 &shared.health.load(),
                 &shared.pools.all(),
+                &shared.pauses,
             ),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),

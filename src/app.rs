@@ -53,6 +53,18 @@ pub struct Shared {
     pub reload_state: tokio::sync::Mutex<crate::reload::ReloadState>,
     /// Client addresses to locations; follows the file and `geoip.database` on reload.
     pub geoip: crate::geo::geoip::GeoIp,
+    /// Every client session now (the admin console's SHOW CLIENTS, and PAUSE).
+    pub sessions: crate::clients::Clients,
+    /// The operator's pauses, by cluster name (survive reloads).
+    pub pauses: crate::control::Pauses,
+    /// The configuration last applied (at start or by a reload), for SHOW CONFIG.
+    pub config: ArcSwap<Config>,
+    /// The configuration the proxy started with: its restart-only settings are in force.
+    pub started_config: Arc<Config>,
+    /// The file the configuration came from (`pgmeridian run`; the console's RELOAD reads it).
+    pub config_file: std::sync::OnceLock<PathBuf>,
+    /// The runtime the proxy was started on, where reloads run (sessions live on their own).
+    pub runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -70,6 +82,7 @@ impl Shared {
             drain: &self.drain,
             hard_stop: &self.hard_stop,
             hints: &self.probe_hints,
+            pauses: &self.pauses,
         }
     }
 }
@@ -132,6 +145,12 @@ impl Shared {
             scopes: Default::default(),
             probe_hints: Default::default(),
             metrics,
+            sessions: Default::default(),
+            pauses: Default::default(),
+            config: ArcSwap::from_pointee(config.clone()),
+            started_config: Arc::new(config.clone()),
+            config_file: Default::default(),
+            runtime: Default::default(),
         })
     }
 }
@@ -159,6 +178,7 @@ impl Proxy {
     /// Binds `config.listen` (port 0 picks a free port) and starts accepting.
     pub async fn start(config: &Config) -> Result<Proxy, Vec<Problem>> {
         let shared = Arc::new(Shared::new(config)?);
+        let _ = shared.runtime.set(tokio::runtime::Handle::current());
         let lanes = server::Lanes::start(config.session_threads()).map_err(|e| {
             vec![Problem::new(
                 "workers",
@@ -236,6 +256,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .await
         .map_err(|ps| render_problems(config_path, &ps))?;
     tracing::info!(listen = %proxy.addr, clusters = config.clusters.len(), "pgmeridian is accepting connections");
+    let _ = proxy.shared.config_file.set(config_path.to_owned());
     // The text actually parsed: an edit made meanwhile differs from it and is applied.
     proxy
         .shared

@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use validate::{parse_cidr, validate};
+
+/// The database name of the admin console (`psql … pgmeridian`): reserved, no cluster may
+/// take it.
+pub const CONSOLE_DATABASE: &str = "pgmeridian";
 
 /// One thing wrong with a configuration file, located by its YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +42,7 @@ impl std::fmt::Display for Problem {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where applications connect (restart to change).
@@ -102,7 +106,7 @@ impl Config {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -126,14 +130,14 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GeoIp {
     /// A MaxMind City-format `.mmdb` file; reopened when it changes on disk.
     pub database: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocol {
     /// Addresses (`10.0.0.0/8`, `192.0.2.7`) whose connections must start with a PROXY
@@ -142,7 +146,7 @@ pub struct ProxyProtocol {
 }
 
 /// How statements are spread over the primary and replicas.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Routing {
     pub read_your_writes: ReadYourWrites,
@@ -173,7 +177,7 @@ pub struct Routing {
 }
 
 /// Who shares read-your-writes positions.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RywScope {
     #[default]
@@ -199,7 +203,7 @@ impl Default for Routing {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadYourWrites {
     /// Reads after a write go only to replicas that replayed the primary's WAL up to it.
@@ -210,7 +214,7 @@ pub enum ReadYourWrites {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Window {
     #[serde(with = "humantime_serde")]
@@ -230,7 +234,7 @@ impl Default for Window {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoEligibleReplica {
     Primary,
@@ -238,7 +242,7 @@ pub enum NoEligibleReplica {
 }
 
 /// How nodes are probed for role, WAL position and lag.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
     /// Time between probes of each node (also how often the primary's WAL position is sampled).
@@ -266,14 +270,14 @@ impl Default for Health {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
     pub lat: f64,
     pub lon: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     pub cert: PathBuf,
@@ -283,7 +287,7 @@ pub struct ServerTls {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -291,9 +295,13 @@ pub struct User {
     pub password: String,
     #[serde(default)]
     pub auth: AuthMethod,
+    /// May open the admin console (`psql … pgmeridian`); the login itself is the same as
+    /// any user's.
+    #[serde(default)]
+    pub admin: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum AuthMethod {
     #[default]
     #[serde(rename = "scram-sha-256")]
@@ -302,7 +310,7 @@ pub enum AuthMethod {
     Md5,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub primary: Node,
@@ -318,7 +326,7 @@ pub struct Cluster {
 }
 
 /// How a session holds backend connections.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A session leases a server connection per transaction (or per autocommit statement).
@@ -338,7 +346,7 @@ impl PoolMode {
 }
 
 /// Backend connection pools: one per node, user and database, shared by every session.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pooling {
     pub mode: PoolMode,
@@ -374,7 +382,7 @@ impl Default for Pooling {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// How metrics, logs and /status name the node; default `host:port`.
@@ -395,7 +403,7 @@ pub struct Node {
 }
 
 /// TLS toward a backend, named as libpq's sslmode.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendTls {
     Disable,
@@ -412,7 +420,7 @@ fn default_pg_port() -> u16 {
     5432
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest Query, Parse, Bind, FunctionCall or CopyData message accepted (bytes); larger

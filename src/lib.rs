@@ -5,6 +5,9 @@
 //! authenticates (`auth`) and logs in to a backend (`backend`) → `session::relay` frames
 //! client messages into batches, asks `route` where each goes, and streams backend bytes back.
 //!
+//! An admin user connecting to the database `pgmeridian` gets the admin console (`console`)
+//! instead: SHOW commands over shared state, PAUSE/RESUME (`control`), DRAIN, RELOAD.
+//!
 //! Pure modules (no sockets, clocks or randomness): `protocol`, `config`, `route`.
 //! Desired state: `config` → `topology`, published through `app::Shared`.
 
@@ -16,7 +19,10 @@ pub mod cancel;
 pub mod catalog;
 pub mod causal;
 pub mod classify;
+pub mod clients;
 pub mod config;
+pub mod console;
+pub mod control;
 pub mod delay;
 pub mod demo;
 pub mod error;

@@ -11,12 +11,12 @@ mod maintain;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use conn::{ServerConn, ServerState};
+pub use conn::{ServerConn, ServerInfo, ServerState};
 pub use maintain::maintain;
 
 use crate::backend::ConnectError;
@@ -111,6 +111,8 @@ struct Inner {
     /// The node's ParameterStatus values at its last login (for logins without a backend).
     params: Option<Params>,
     user: Arc<UserSpec>,
+    /// Every connection opened, for the admin console (dead ones are pruned as it grows).
+    opened: Vec<Weak<ServerInfo>>,
 }
 
 /// One node's pool for one user.
@@ -176,6 +178,9 @@ impl Lease {
     pub fn set_pinned(&mut self) {
         if !self.pinned {
             self.pinned = true;
+            if let Some(info) = &self.conn.info {
+                info.pinned.store(true, Ordering::Relaxed);
+            }
             self.pool.metrics.active.dec();
             self.pool.metrics.pinned.inc();
         }
@@ -208,6 +213,7 @@ impl Pool {
                 config,
                 params: None,
                 user,
+                opened: Vec::new(),
             }),
             node,
             waiting: AtomicUsize::new(0),
@@ -235,6 +241,39 @@ impl Pool {
             waiting: self.waiting.load(Ordering::Relaxed),
             mode: inner.config.mode,
         }
+    }
+
+    /// Its open server connections, for the admin console.
+    pub fn servers(&self) -> Vec<ServerRow> {
+        let inner = self.lock();
+        let idle: Vec<(u64, Instant)> = inner
+            .idle
+            .iter()
+            .filter_map(|c| c.info.as_ref().map(|i| (i.id, c.last_used)))
+            .collect();
+        inner
+            .opened
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|i| !i.closing.load(Ordering::Relaxed))
+            .map(|info| {
+                let idle_since = idle.iter().find(|(id, _)| *id == info.id).map(|(_, t)| {
+                    SystemTime::now()
+                        .checked_sub(t.elapsed())
+                        .unwrap_or(SystemTime::UNIX_EPOCH)
+                });
+                let state = match idle_since {
+                    Some(_) => "idle",
+                    None if info.pinned.load(Ordering::Relaxed) => "pinned",
+                    None => "active",
+                };
+                ServerRow {
+                    info,
+                    state,
+                    idle_since,
+                }
+            })
+            .collect()
     }
 
     pub fn config(&self) -> Pooling {
@@ -344,7 +383,15 @@ impl Pool {
         match ServerConn::open(&self.node, &user, connect_timeout).await {
             Ok((conn, params)) => {
                 self.metrics.logins.inc();
-                self.lock().params = Some(Arc::new(params));
+                let mut inner = self.lock();
+                inner.params = Some(Arc::new(params));
+                if inner.opened.len() >= 2 * inner.size + 8 {
+                    inner.opened.retain(|w| w.strong_count() > 0);
+                }
+                if let Some(info) = &conn.info {
+                    inner.opened.push(Arc::downgrade(info));
+                }
+                drop(inner);
                 Ok(self.leased(conn, permit))
             }
             Err(e) => {
@@ -482,6 +529,16 @@ impl Pool {
             c.close();
         }
     }
+}
+
+/// One server connection of a pool, as `SHOW SERVERS` lists it.
+#[derive(Debug)]
+pub struct ServerRow {
+    pub info: Arc<ServerInfo>,
+    /// `idle`, `active` (leased) or `pinned` (leased to one session for its life).
+    pub state: &'static str,
+    /// When it went back to the pool, if it is idle.
+    pub idle_since: Option<SystemTime>,
 }
 
 /// What a pool holds now.

@@ -61,9 +61,12 @@ impl ReloadState {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Applied { generation: u64 },
+    Applied {
+        generation: u64,
+    },
     Unchanged,
-    Rejected,
+    /// The file was not applied, for these reasons (also logged).
+    Rejected(Vec<Problem>),
 }
 
 fn hash(text: &str) -> u64 {
@@ -91,13 +94,13 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path) -> Outcome {
                 "configuration reload rejected; the running configuration stays in force. {}",
                 render_problems(path, &problems)
             );
-            Outcome::Rejected
+            Outcome::Rejected(problems)
         }
     };
     let label = match result {
         Outcome::Applied { .. } => "applied",
         Outcome::Unchanged => "unchanged",
-        Outcome::Rejected => "rejected",
+        Outcome::Rejected(_) => "rejected",
     };
     shared
         .metrics
@@ -157,6 +160,7 @@ async fn apply(
     let generation = built.generation;
     let built = Arc::new(built);
     shared.topology.store(built.clone());
+    shared.config.store(Arc::new(config));
     shared.pools.follow(&built);
     shared.metrics.config_generation.set(generation as i64);
     crate::health::probe::spawn_missing(shared);

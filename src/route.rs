@@ -56,6 +56,24 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (the admin console's SHOW STATS columns).
+    pub const ALL: [Reason; 14] = [
+        Reason::Write,
+        Reason::ReadNearest,
+        Reason::PinnedAfterWrite,
+        Reason::InTransaction,
+        Reason::Hint,
+        Reason::LagExcluded,
+        Reason::UnhealthyExcluded,
+        Reason::NoReplicaFallback,
+        Reason::StickySessionFeature,
+        Reason::ReadonlyRetry,
+        Reason::ReadRetry,
+        Reason::NoPrimary,
+        Reason::PrimaryConflict,
+        Reason::WaitedForReplica,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Write => "write",
@@ -372,7 +390,7 @@ impl RankKey {
 }
 
 /// The best eligible replica (up, within the lag budget, has what the session needs, allowed by
-/// residency), with `read_nearest`, or the reason a nearer one was passed over; otherwise why
+/// residency, not drained), with `read_nearest`, or the reason a nearer one was passed over; otherwise why
 /// none qualified.
 fn best_replica(input: &RouteInput, need: Requirement) -> Result<(usize, Reason), Reason> {
     let Some(health) = input.health else {
@@ -390,7 +408,8 @@ fn best_replica(input: &RouteInput, need: Requirement) -> Result<(usize, Reason)
         .zip(&health.replicas)
         .enumerate()
     {
-        if input.session.avoid == Some(i) || !input.cluster.allows(spec) {
+        // Drained by the operator: out of the choice, like a replica residency forbids.
+        if input.session.avoid == Some(i) || !input.cluster.allows(spec) || spec.is_drained() {
             continue;
         }
         let km = distance_km(input.location, spec.location);

@@ -1,10 +1,12 @@
 //! One client connection from accept to close: the startup phase (`handshake`, `login`), then
-//! the sans-I/O protocol engine (`engine`) driven by its I/O loop (`driver`). Owns the
-//! per-session tracing span and the handles a session gets (`Handles`), nothing else.
+//! the sans-I/O protocol engine (`engine`) driven by its I/O loop (`driver`), or the admin
+//! console (`console`) for its database. Owns the per-session tracing span, the session's
+//! place in the clients registry and the handles a session gets (`Handles`), nothing else.
 
 mod batch;
 mod driver;
 pub mod engine;
+mod gate;
 mod handshake;
 mod learned;
 mod login;
@@ -12,6 +14,7 @@ mod settings;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -39,12 +42,14 @@ pub struct Handles<'s> {
     pub hard_stop: &'s tokio_util::sync::CancellationToken,
     /// Where failed backend connects are reported (the probes count them).
     pub hints: &'s crate::health::hints::ProbeHints,
+    /// The operator's pauses, by cluster (a session takes its cluster's once).
+    pub pauses: &'s crate::control::Pauses,
 }
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one accepted client connection to completion.
-pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
         "session",
@@ -111,11 +116,29 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
                 .await;
             }
             Outcome::Session(established) => {
-                let Established { client, start } = *established;
+                let Established {
+                    client,
+                    start,
+                    addr,
+                } = *established;
                 tracing::debug!(user = %start.user.name, "session started");
+                let registered = shared.sessions.register(crate::clients::ClientEntry::new(
+                    id,
+                    addr,
+                    &start.user.name,
+                    &start.cluster.name,
+                    client.io.is_tls(),
+                    start.location.source.as_str(),
+                ));
                 let engine = engine::Engine::new(start);
-                let end = driver::run(client, engine, &shared.session_handles()).await;
+                let handles = shared.session_handles();
+                let end = driver::run(client, engine, &handles, &registered.entry).await;
                 tracing::debug!(?end, "session ended");
+            }
+            Outcome::Console(login) => {
+                tracing::info!(user = %login.user.name, "admin console session started");
+                crate::console::run(*login, id, shared).await;
+                tracing::debug!("admin console session ended");
             }
         }
     }

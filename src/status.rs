@@ -1,10 +1,12 @@
 //! The `/status` document: desired state (topology) next to observed state (health) for every
-//! node, as JSON. Pure: built from snapshots the caller loaded, no I/O.
+//! node, and the operator's pauses and drains, as JSON (the admin console's SHOW CLUSTERS,
+//! NODES and POOLS are read from it too). Pure: built from snapshots the caller loaded.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::control::Pauses;
 use crate::health::{ClusterHealth, Health, NodeHealth, PrimaryView};
 use crate::pool::Pool;
 use crate::topology::{ConfiguredRole, NodeSpec, Topology};
@@ -28,6 +30,8 @@ pub struct ClusterStatus {
     pub acting_primary: Option<String>,
     /// `transaction` or `session`.
     pub pool_mode: &'static str,
+    /// New batches are held by the admin console's `PAUSE` until `RESUME`.
+    pub paused: bool,
     /// The configured primary first, then the replicas in configuration order.
     pub nodes: Vec<NodeStatus>,
 }
@@ -57,6 +61,8 @@ pub struct NodeStatus {
     pub observed_role: &'static str,
     /// The probes succeed (after fall/rise hysteresis).
     pub up: bool,
+    /// Taken out of read routing by the admin console's `DRAIN`.
+    pub drained: bool,
     pub lag_seconds: Option<f64>,
     pub lag_bytes: Option<u64>,
     pub rtt_ms: Option<f64>,
@@ -67,7 +73,12 @@ pub struct NodeStatus {
 }
 
 /// The status of every configured cluster, in name order.
-pub fn build(topology: &Topology, health: &Health, pools: &[std::sync::Arc<Pool>]) -> Status {
+pub fn build(
+    topology: &Topology,
+    health: &Health,
+    pools: &[std::sync::Arc<Pool>],
+    pauses: &Pauses,
+) -> Status {
     let clusters = topology
         .clusters
         .iter()
@@ -94,6 +105,7 @@ pub fn build(topology: &Topology, health: &Health, pools: &[std::sync::Arc<Pool>
                 },
                 acting_primary,
                 pool_mode: spec.pooling.mode.as_str(),
+                paused: pauses.is_paused(name),
                 nodes,
             };
             (name.clone(), status)
@@ -151,6 +163,7 @@ fn node(
             None => "unknown",
         },
         up: h.up,
+        drained: spec.is_drained(),
         lag_seconds: h.lag.map(|l| l.as_secs_f64()),
         lag_bytes: h.lag_bytes,
         rtt_ms: h.rtt.map(|r| r.as_secs_f64() * 1000.0),
@@ -160,8 +173,13 @@ fn node(
 }
 
 /// The document as pretty-printed JSON.
-pub fn render(topology: &Topology, health: &Health, pools: &[std::sync::Arc<Pool>]) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&build(topology, health, pools))
+pub fn render(
+    topology: &Topology,
+    health: &Health,
+    pools: &[std::sync::Arc<Pool>],
+    pauses: &Pauses,
+) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(&build(topology, health, pools, pauses))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
     out.push(b'\n');
     out
@@ -196,7 +214,7 @@ clusters:
     #[test]
     fn unprobed_nodes_are_unknown_and_down() {
         let t = topology();
-        let s = build(&t, &Health::default(), &[]);
+        let s = build(&t, &Health::default(), &[], &Pauses::default());
         let app = &s.clusters["app"];
         assert_eq!(s.generation, 1);
         assert_eq!(s.region, "us-east");
@@ -207,7 +225,8 @@ clusters:
         assert!(app
             .nodes
             .iter()
-            .all(|n| !n.up && n.observed_role == "unknown"));
+            .all(|n| !n.up && !n.drained && n.observed_role == "unknown"));
+        assert!(!app.paused);
     }
 
     #[test]
@@ -238,12 +257,20 @@ clusters:
         let pools = crate::pool::Pools::new(Arc::new(crate::metrics::Metrics::new()));
         let user = t.users["app"].clone();
         pools.get(&t.clusters["app"].primary, &user, &Default::default());
+        let pauses = Pauses::default();
+        pauses.of("app").set(true);
+        t.clusters["app"].replicas[0]
+            .drained
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let json: serde_json::Value =
-            serde_json::from_slice(&render(&t, &health, &pools.all())).unwrap();
+            serde_json::from_slice(&render(&t, &health, &pools.all(), &pauses)).unwrap();
         let app = &json["clusters"]["app"];
         assert_eq!(app["primary_view"], "ok");
         assert_eq!(app["acting_primary"], "127.0.0.1:5432");
         assert_eq!(app["pool_mode"], "transaction");
+        assert_eq!(app["paused"], true);
+        assert_eq!(app["nodes"][0]["drained"], false);
+        assert_eq!(app["nodes"][1]["drained"], true);
         let pool = &app["nodes"][0]["pools"][0];
         assert_eq!(
             (&pool["user"], &pool["size"], &pool["open"]),

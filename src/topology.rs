@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pgwire::api::auth::sasl::scram::gen_salted_password;
@@ -44,6 +44,8 @@ pub struct UserSpec {
     pub name: String,
     pub password: String,
     pub auth: AuthMethod,
+    /// May open the admin console.
+    pub admin: bool,
     /// SCRAM salt and `Hi(password, salt, 4096)`, computed once per load, not per login.
     pub scram_salt: Vec<u8>,
     pub scram_salted_password: Vec<u8>,
@@ -99,6 +101,9 @@ pub struct NodeSpec {
     /// Server connections of this node leased to sessions right now (live, not configuration:
     /// the ranking's load tie-break).
     pub sessions: Arc<AtomicUsize>,
+    /// Taken out of read routing by the operator (`DRAIN`, admin console). Live state, shared
+    /// with the node of the same name in the next topology, so a reload keeps it.
+    pub drained: Arc<AtomicBool>,
 }
 
 pub enum BackendTlsSpec {
@@ -137,12 +142,18 @@ impl NodeSpec {
             database: cluster.to_owned(),
             tls: BackendTlsSpec::Disable,
             sessions: Arc::default(),
+            drained: Arc::default(),
         }
     }
 
     /// The node's metric label: its configured `name`, else `host:port`.
     pub fn label(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the operator drained it (no new reads are routed to it).
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
     }
 }
 
@@ -195,6 +206,7 @@ impl Topology {
                     name: u.name.clone(),
                     password: u.password.clone(),
                     auth: u.auth,
+                    admin: u.admin,
                     scram_salt: salt.to_vec(),
                     scram_salted_password: salted,
                     backend_scram: Default::default(),
@@ -239,6 +251,15 @@ impl Topology {
                 {
                     return old.clone();
                 }
+                let label = n
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", n.host, n.port));
+                // A node changed in place keeps its drain (the operator's handle is its name).
+                let drained = previous
+                    .and_then(|t| t.clusters.get(name))
+                    .and_then(|c| c.nodes().find(|o| o.name == label))
+                    .map_or_else(Arc::default, |o| o.drained.clone());
                 Arc::new(NodeSpec {
                     configured: n.clone(),
                     key: format!(
@@ -249,10 +270,7 @@ impl Topology {
                     )
                     .into(),
                     cluster: name.clone(),
-                    name: n
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("{}:{}", n.host, n.port)),
+                    name: label,
                     role,
                     host: n.host.clone(),
                     port: n.port,
@@ -261,6 +279,7 @@ impl Topology {
                     database: n.database.clone().unwrap_or_else(|| name.clone()),
                     tls,
                     sessions: Arc::default(),
+                    drained,
                 })
             };
             let primary = node(
@@ -331,4 +350,53 @@ fn backend_tls(n: &Node, unverified: &Arc<ClientConfig>) -> Result<BackendTlsSpe
             BackendTlsSpec::Require(tls::verifying_client_config(ca)?, name()?)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(r1: &str) -> Config {
+        let text = format!(
+            "listen: 127.0.0.1:0
+region: us-east
+regions:
+  us-east: {{ lat: 39.0, lon: -77.5 }}
+users:
+  - {{ name: app, password: x }}
+  - {{ name: ops, password: y, admin: true }}
+clusters:
+  app:
+    primary: {{ host: 127.0.0.1, port: 5432, region: us-east, tls: disable }}
+    replicas:
+      - {{ name: r0, host: 127.0.0.1, port: 5433, region: us-east, tls: disable }}
+      - {{ {r1}, host: 127.0.0.1, region: us-east, tls: disable }}
+"
+        );
+        Config::from_yaml(&text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_drain_follows_the_node_name_across_reloads() {
+        let build = |c: &Config, prev: Option<&Topology>| {
+            Topology::build_after(c, prev).unwrap_or_else(|_| panic!("topology"))
+        };
+        let t1 = build(&yaml("name: r1, port: 5434"), None);
+        assert!(!t1.users["app"].admin && t1.users["ops"].admin);
+        let app = &t1.clusters["app"];
+        app.replicas[0].drained.store(true, Ordering::Relaxed);
+        app.replicas[1].drained.store(true, Ordering::Relaxed);
+        // r0 unchanged (the same spec), r1 moved to another port (a new spec, the same name).
+        let t2 = build(&yaml("name: r1, port: 5435"), Some(&t1));
+        let app2 = &t2.clusters["app"];
+        assert!(Arc::ptr_eq(&app2.replicas[0], &app.replicas[0]));
+        assert!(!Arc::ptr_eq(&app2.replicas[1], &app.replicas[1]));
+        assert!(app2.replicas[0].is_drained() && app2.replicas[1].is_drained());
+        assert!(!app2.primary.is_drained());
+        // Renamed: another node as far as the operator is concerned.
+        let t3 = build(&yaml("name: r2, port: 5435"), Some(&t2));
+        assert!(!t3.clusters["app"].replicas[1].is_drained());
+        app2.replicas[1].drained.store(false, Ordering::Relaxed);
+        assert!(t3.clusters["app"].replicas[0].is_drained());
+    }
 }

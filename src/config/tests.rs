@@ -43,6 +43,7 @@ fn valid_file_parses_with_defaults_and_expansion() {
     assert_eq!(c.users[0].password, "s3cret");
     assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
     assert_eq!(c.users[1].auth, AuthMethod::Md5);
+    assert!(!c.users[0].admin, "admin defaults to false");
     let app = &c.clusters["app"];
     assert_eq!(app.primary.tls, BackendTls::Prefer);
     assert_eq!(app.replicas[0].database.as_deref(), Some("app_eu"));
@@ -132,6 +133,16 @@ fn each_mistake_is_reported_at_its_yaml_path() {
             "name: legacy",
             "name: app",
             "users[1].name: user \"app\" is listed twice",
+        ),
+        (
+            "auth: md5 }",
+            "auth: md5, admin: yes-please }",
+            "users[1].admin: invalid type",
+        ),
+        (
+            "clusters:\n  app:",
+            "clusters:\n  pgmeridian:",
+            "clusters.pgmeridian: \"pgmeridian\" is the admin console's database name",
         ),
         (
             "${APP_PASSWORD}",

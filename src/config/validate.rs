@@ -109,6 +109,14 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         if name.is_empty() {
             p.push(Problem::new("clusters", "a cluster name must not be empty"));
         }
+        if name == super::CONSOLE_DATABASE {
+            p.push(Problem::new(
+                format!("clusters.{name}"),
+                format!(
+                    "{name:?} is the admin console's database name; give the cluster another name"
+                ),
+            ));
+        }
         let mut addrs = BTreeSet::new();
         let mut names = BTreeSet::new();
         let nodes = std::iter::once((format!("clusters.{name}.primary"), &cluster.primary)).chain(

@@ -4,10 +4,10 @@
 //! and the goodbye. No routing and no session state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -59,6 +59,21 @@ impl ServerState {
     }
 }
 
+/// What the admin console shows of a server connection (`SHOW SERVERS`): fixed at login,
+/// plus two flags set on rare events. Lives as long as the connection.
+#[derive(Debug)]
+pub struct ServerInfo {
+    /// The same id as its [`ServerState`].
+    pub id: u64,
+    /// The backend's process id.
+    pub pid: i32,
+    pub opened_at: SystemTime,
+    /// Dedicated to one session for life.
+    pub pinned: AtomicBool,
+    /// Saying goodbye; no longer in use.
+    pub closing: AtomicBool,
+}
+
 /// A logged-in server connection, idle in its pool or leased.
 pub struct ServerConn {
     pub stream: Stream,
@@ -69,6 +84,8 @@ pub struct ServerConn {
     pub home: Option<usize>,
     pub created: Instant,
     pub last_used: Instant,
+    /// `None` only in the stand-in of a connection being moved ([`ServerConn::placeholder`]).
+    pub info: Option<Arc<ServerInfo>>,
 }
 
 impl ServerConn {
@@ -81,6 +98,13 @@ impl ServerConn {
         let conn = backend::connect(node, user, &[], timeout).await?;
         let now = Instant::now();
         let state = ServerState::new(conn.node.clone(), conn.pid, conn.key);
+        let info = Arc::new(ServerInfo {
+            id: state.id,
+            pid: conn.pid,
+            opened_at: SystemTime::now(),
+            pinned: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        });
         Ok((
             ServerConn {
                 stream: conn.io.io,
@@ -89,6 +113,7 @@ impl ServerConn {
                 home: crate::server::current_lane(),
                 created: now,
                 last_used: now,
+                info: Some(info),
             },
             conn.params,
         ))
@@ -103,6 +128,7 @@ impl ServerConn {
             home: None,
             created: Instant::now(),
             last_used: Instant::now(),
+            info: None,
         }
     }
 
@@ -196,6 +222,9 @@ impl ServerConn {
 
     /// Says goodbye (Terminate) and closes, in the background.
     pub fn close(mut self) {
+        if let Some(info) = &self.info {
+            info.closing.store(true, Ordering::Relaxed);
+        }
         if matches!(self.stream, Stream::Detached) {
             return;
         }

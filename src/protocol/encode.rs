@@ -1,5 +1,6 @@
 //! Messages the proxy itself originates (authentication, key data, ParameterStatus,
-//! ReadyForQuery, ErrorResponse), encoded with pgwire's message types.
+//! ReadyForQuery, ErrorResponse, and the result sets of the admin console), encoded with
+//! pgwire's message types or by hand where the layout is trivial.
 
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
@@ -47,6 +48,59 @@ pub fn notice_response(buf: &mut BytesMut, severity: &str, code: &str, message: 
     let start = buf.len();
     error_response(buf, severity, code, message, None, None);
     buf[start] = b'N';
+}
+
+/// RowDescription of text-format columns: (name, type OID) each, no table behind them.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    let len = 4 + 2 + columns.iter().map(|(n, _)| n.len() + 1 + 18).sum::<usize>();
+    buf.put_u8(b'T');
+    buf.put_u32(len as u32);
+    buf.put_u16(columns.len() as u16);
+    for (name, oid) in columns {
+        buf.put_slice(name.as_bytes());
+        buf.put_u8(0);
+        buf.put_u32(0); // table OID
+        buf.put_u16(0); // column number
+        buf.put_u32(*oid);
+        buf.put_i16(-1); // type size: variable, as for text
+        buf.put_i32(-1); // no type modifier
+        buf.put_u16(0); // text format
+    }
+}
+
+/// A DataRow of text values (`None` is SQL NULL).
+pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    let len = 4
+        + 2
+        + values
+            .iter()
+            .map(|v| 4 + v.map_or(0, str::len))
+            .sum::<usize>();
+    buf.put_u8(b'D');
+    buf.put_u32(len as u32);
+    buf.put_u16(values.len() as u16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_u32(v.len() as u32);
+                buf.put_slice(v.as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+}
+
+/// CommandComplete with its tag (`SHOW`, `SELECT 3`, …).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    buf.put_u8(b'C');
+    buf.put_u32((4 + tag.len() + 1) as u32);
+    buf.put_slice(tag.as_bytes());
+    buf.put_u8(0);
+}
+
+/// EmptyQueryResponse: the query string held no statement.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"I\0\0\0\x04");
 }
 
 /// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options.
@@ -122,6 +176,30 @@ mod tests {
             &k[..],
             &[b'K', 0, 0, 0, 12, 0, 0, 0, 42, 0xff, 0xff, 0xff, 0xf9]
         );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn result_set_messages_have_postgresql_layout() {
+        let mut buf = BytesMut::new();
+        row_description(&mut buf, &[("a", 25), ("n", 20)]);
+        data_row(&mut buf, &[Some("x"), None]);
+        command_complete(&mut buf, "SHOW");
+        empty_query_response(&mut buf);
+        let t = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        let mut want = b"T\0\0\0\x2e\0\x02a\0".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 0xff, 0xff]);
+        want.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+        want.extend_from_slice(b"n\0");
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0xff, 0xff]);
+        want.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+        assert_eq!(&t[..], &want[..]);
+        let d = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&d[..], b"D\0\0\0\x0f\0\x02\0\0\0\x01x\xff\xff\xff\xff");
+        let c = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&c[..], b"C\0\0\0\x09SHOW\0");
+        let i = split_message(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&i[..], b"I\0\0\0\x04");
         assert!(buf.is_empty());
     }
 

@@ -643,3 +643,142 @@ fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
         route(Target::Primary, Reason::PinnedAfterWrite)
     );
 }
+
+#[test]
+fn drained_replicas_get_no_new_reads() {
+    use std::sync::atomic::Ordering;
+    let t0 = Instant::now();
+    let s = SessionRoute::default();
+    let on_eu = SessionRoute {
+        current_replica: Some(1),
+        ..s
+    };
+    let in_txn_on_eu = SessionRoute {
+        txn: TxnStatus::InTransaction,
+        txn_target: Some(Target::Replica(1)),
+        ..s
+    };
+    // (name, drained replicas, class, hint, session, policy, want)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &str,
+        &[usize],
+        Class,
+        Option<Hint>,
+        SessionRoute,
+        NoEligibleReplica,
+        Decision,
+    )> = vec![
+        (
+            "nothing drained: EU, the nearest",
+            &[],
+            Class::Read,
+            None,
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(1), Reason::ReadNearest),
+        ),
+        (
+            "EU drained: the next nearest, AP",
+            &[1],
+            Class::Read,
+            None,
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(0), Reason::ReadNearest),
+        ),
+        (
+            "AP drained: EU as before",
+            &[0],
+            Class::Read,
+            None,
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(1), Reason::ReadNearest),
+        ),
+        (
+            "a session on EU leaves it once drained",
+            &[1],
+            Class::Read,
+            None,
+            on_eu,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(0), Reason::ReadNearest),
+        ),
+        (
+            "a replica hint skips a drained replica",
+            &[1],
+            Class::Read,
+            Some(Hint::Replica),
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(0), Reason::Hint),
+        ),
+        (
+            "all drained: reads fall back to the primary",
+            &[0, 1],
+            Class::Read,
+            None,
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Primary, Reason::NoReplicaFallback),
+        ),
+        (
+            "all drained, no_eligible_replica: error",
+            &[0, 1],
+            Class::Read,
+            None,
+            s,
+            NoEligibleReplica::Error,
+            Decision::Refuse(Reason::NoReplicaFallback),
+        ),
+        (
+            "writes are not affected",
+            &[0, 1],
+            Class::Write,
+            None,
+            s,
+            NoEligibleReplica::Primary,
+            route(Target::Primary, Reason::Write),
+        ),
+        (
+            "a transaction running on EU finishes there",
+            &[1],
+            Class::Read,
+            None,
+            in_txn_on_eu,
+            NoEligibleReplica::Primary,
+            route(Target::Replica(1), Reason::InTransaction),
+        ),
+    ];
+    let policy = |p| Routing {
+        no_eligible_replica: p,
+        max_replica_lag: Duration::from_secs(10),
+        ..Routing::default()
+    };
+    let h = health(vec![replica(1000, 10), replica(1000, 10)]);
+    for (name, drained, class, hint, session, p, want) in cases {
+        let c = cluster();
+        for &i in drained {
+            c.replicas[i].drained.store(true, Ordering::Relaxed);
+        }
+        let policy = policy(p);
+        let input = RouteInput {
+            class: &class,
+            hint,
+            session: &session,
+            cluster: &c,
+            health: Some(&h),
+            policy: &policy,
+            location: US,
+            now: t0,
+        };
+        assert_eq!(decide(&input), want, "{name}");
+    }
+}
+
+#[test]
+fn every_reason_is_listed_once() {
+    let names: std::collections::HashSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(names.len(), Reason::ALL.len());
+}

@@ -1,7 +1,7 @@
 //! The I/O loop of one session: moves bytes between the client socket, the leased server
 //! sockets and the engine's buffers, performs the engine's actions (lease a connection from
-//! its pool, give it back), and runs the idle timer and shutdown. The only place a session
-//! awaits; it makes no routing or protocol decision.
+//! its pool, give it back), and runs the idle timer, shutdown and the operator's pause (see
+//! `gate.rs`). The only place a session awaits; it makes no routing or protocol decision.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -14,7 +14,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::engine::{Action, Buffers, End, Engine, Env, Slot};
+use super::gate::Gate;
 use super::Handles;
+use crate::clients::{ClientEntry, ClientState};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{AcquireError, Lease, Pool};
 use crate::stream::Stream;
@@ -156,11 +158,28 @@ async fn acquired(
     }
 }
 
-/// Runs the session until it ends; gives every lease back.
+/// What the session is doing, for the clients registry.
+fn state_of(engine: &Engine, quiescent: bool) -> ClientState {
+    if quiescent {
+        ClientState::Idle
+    } else if engine.acquiring.is_some() {
+        ClientState::Waiting
+    } else if engine.active.is_none()
+        && engine.route.txn != crate::protocol::backend::TxnStatus::Idle
+    {
+        ClientState::IdleInTransaction
+    } else {
+        ClientState::Active
+    }
+}
+
+/// Runs the session until it ends; gives every lease back. `entry`: its place in the clients
+/// registry, where its state is published.
 pub async fn run(
     client: crate::wire::MessageIo<Stream>,
     mut engine: Engine,
     h: &Handles<'_>,
+    entry: &ClientEntry,
 ) -> End {
     let mut b = Buffers {
         client_in: client.rbuf,
@@ -178,7 +197,10 @@ pub async fn run(
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
     let (mut stop, watcher) = watch_shutdown(h);
     let mut draining = false;
-    with_env(h, |env| engine.on_client_input(&mut b, env));
+    let mut gate = Gate::new(entry, h.pauses.of(&engine.cluster.name));
+    if !b.client_in.is_empty() && gate.admit(engine.quiescent(&b), &mut b.client_in) {
+        with_env(h, |env| engine.on_client_input(&mut b, env));
+    }
     let end = loop {
         perform(
             &mut engine,
@@ -195,7 +217,16 @@ pub async fn run(
             break End::Shutdown;
         }
         let quiescent = engine.quiescent(&b);
-        let read_client = engine.wants_client_input(&b, HIGH_WATER);
+        let holding = gate.is_holding();
+        gate.publish(if holding {
+            ClientState::Paused
+        } else {
+            state_of(&engine, quiescent)
+        });
+        // While a batch is held the client is still read (a closed socket is noticed), up to
+        // the high-water mark.
+        let read_client =
+            engine.wants_client_input(&b, HIGH_WATER) && !(holding && gate.kept() >= HIGH_WATER);
         let client_backed_up = b.client_out.len() >= HIGH_WATER;
         let can_read = |slot: Slot, inbuf: &BytesMut| {
             (!client_backed_up && inbuf.len() < HIGH_WATER) || engine.needs_server_bytes(slot, &b)
@@ -224,7 +255,11 @@ pub async fn run(
                         if idle_enabled {
                             idle.as_mut().reset(Instant::now() + idle_timeout);
                         }
-                        with_env(h, |env| engine.on_client_input(&mut b, env));
+                        if gate.is_holding() {
+                            gate.keep(&mut b.client_in);
+                        } else if gate.admit(engine.quiescent(&b), &mut b.client_in) {
+                            with_env(h, |env| engine.on_client_input(&mut b, env));
+                        }
                     }
                 }
             }
@@ -248,7 +283,13 @@ pub async fn run(
                 Stop::Drain => draining = true,
                 Stop::Now => break End::Shutdown,
             },
-            _ = idle.as_mut(), if idle_enabled && quiescent => break End::IdleTimeout,
+            // PAUSE or RESUME of the cluster while a batch was held.
+            () = gate.changed(), if holding => {
+                if gate.admit(engine.quiescent(&b), &mut b.client_in) {
+                    with_env(h, |env| engine.on_client_input(&mut b, env));
+                }
+            }
+            _ = idle.as_mut(), if idle_enabled && quiescent && !holding => break End::IdleTimeout,
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
                 with_env(h, |env| engine.flush_partial(&mut b, env));

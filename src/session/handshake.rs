@@ -1,6 +1,7 @@
 //! A client's startup phase: SSLRequest/GSSENCRequest negotiation, CancelRequest forwarding,
-//! StartupMessage, authentication, cluster lookup and the first backend login. Ends with the
-//! client holding AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
+//! StartupMessage, authentication, cluster lookup (or the admin console, for admin users) and
+//! the first backend login. Ends with the client holding AuthenticationOk, ParameterStatus,
+//! BackendKeyData and ReadyForQuery.
 
 use std::net::SocketAddr;
 
@@ -29,10 +30,14 @@ use crate::wire::{MessageIo, WireError};
 pub struct Established {
     pub client: MessageIo<Stream>,
     pub start: super::engine::Start,
+    /// The client's address (after PROXY protocol).
+    pub addr: SocketAddr,
 }
 
 pub enum Outcome {
     Session(Box<Established>),
+    /// An admin user authenticated for the console's database.
+    Console(Box<crate::console::Login>),
     /// A CancelRequest was handled, or the client left during startup.
     Closed,
     /// Refused with this error, which still has to be written to `client`.
@@ -199,6 +204,25 @@ pub async fn handshake(
     };
     encode::auth(&mut io.wbuf, Authentication::Ok);
 
+    if database == crate::config::CONSOLE_DATABASE {
+        if !user.admin {
+            let e = ClientError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("user \"{user_name}\" may not use the pgmeridian admin console"),
+            )
+            .with_hint("the console is for users with `admin: true` in the proxy configuration")
+            .with_kind(ErrorKind::AuthFailed);
+            return Outcome::Refused(io, e);
+        }
+        tracing::Span::current().record("cluster", database.as_str());
+        return Outcome::Console(Box::new(crate::console::Login {
+            io,
+            user,
+            addr: client,
+            application_name: param(&params, "application_name").map(str::to_owned),
+        }));
+    }
+
     let Some(cluster) = topology.clusters.get(&database).cloned() else {
         return Outcome::Refused(
             io,
@@ -256,6 +280,7 @@ pub async fn handshake(
         return Outcome::Closed;
     }
     Outcome::Session(Box::new(Established {
+        addr: client,
         client: io,
         start: super::engine::Start {
             cluster,
