@@ -64,8 +64,12 @@ pub async fn handshake(
                     .with_kind(ErrorKind::ProxyProtocol),
                 );
             }
+            Err(WireError::Startup(e)) if e.closes_silently() => {
+                tracing::debug!(error = %e, "closing a connection that did not send a startup packet");
+                return Outcome::Closed;
+            }
             Err(WireError::Startup(e)) => {
-                return Outcome::Refused(io, protocol_violation(e.to_string()))
+                return Outcome::Refused(io, ClientError::fatal(e.sqlstate(), e.to_string()))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client left during startup");
@@ -143,7 +147,11 @@ pub async fn handshake(
     }
     let taken = geo::take_ours(&mut params);
     let requested = taken.location;
-    let causal_token = match taken.causal_token.as_deref().map(crate::causal::Token::parse) {
+    let causal_token = match taken
+        .causal_token
+        .as_deref()
+        .map(crate::causal::Token::parse)
+    {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
