@@ -18,6 +18,7 @@ use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::{frame, tag::backend as btag};
 use crate::stream::Stream;
+use crate::telemetry::escape;
 use crate::topology::{BackendTlsSpec, NodeSpec, UserSpec};
 use crate::wire::{MessageIo, WireError};
 
@@ -43,15 +44,17 @@ impl BackendConn {
     }
 }
 
+/// Displayed (in logs and `/status`) with the server's own words escaped: a hostile or echoing
+/// server must not be able to start a forged log line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("could not connect to {node}: {reason}")]
+    #[error("could not connect to {node}: {}", escape(.reason))]
     Unreachable { node: String, reason: String },
     #[error("timed out connecting to {node} after {after:?}")]
     Timeout { node: String, after: Duration },
-    #[error("{node} refused the login: {} ({})", .fields.message, .fields.code)]
+    #[error("{node} refused the login: {} ({})", escape(&.fields.message), escape(&.fields.code))]
     Rejected { node: String, fields: ErrorFields },
-    #[error("protocol error from {node}: {reason}")]
+    #[error("protocol error from {node}: {}", escape(.reason))]
     Protocol { node: String, reason: String },
 }
 

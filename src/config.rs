@@ -275,7 +275,7 @@ pub struct ServerTls {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -283,6 +283,17 @@ pub struct User {
     pub password: String,
     #[serde(default)]
     pub auth: AuthMethod,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -472,6 +483,7 @@ impl Config {
             expand_field(
                 &mut user.password,
                 &format!("users[{i}].password"),
+                Shown::Never,
                 env,
                 problems,
             );
@@ -481,6 +493,7 @@ impl Config {
             expand_field(
                 &mut cluster.primary.host,
                 &format!("{prefix}.primary.host"),
+                Shown::InErrors,
                 env,
                 problems,
             );
@@ -488,6 +501,7 @@ impl Config {
                 expand_field(
                     &mut node.host,
                     &format!("{prefix}.replicas[{i}].host"),
+                    Shown::InErrors,
                     env,
                     problems,
                 );
@@ -505,20 +519,77 @@ fn yaml_problem(e: &serde_norway::Error) -> Problem {
     }
 }
 
+/// Whether a field's text may appear in a problem about it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    InErrors,
+    /// A secret: problems describe it without quoting any of it.
+    Never,
+}
+
 fn expand_field(
     value: &mut String,
     path: &str,
+    shown: Shown,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
     match expand(value, env) {
         Ok(expanded) => *value = expanded,
-        Err(message) => problems.push(Problem::new(path, message)),
+        Err(e) => {
+            let message = match shown {
+                Shown::InErrors => e.describe(value),
+                Shown::Never => e.describe_secret(value),
+            };
+            problems.push(Problem::new(path, message));
+        }
+    }
+}
+
+/// Why `${…}` expansion failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpandError {
+    /// A `${` without its `}`.
+    Unterminated,
+    /// `${…}` around something that is not a variable name.
+    BadName(String),
+    /// A variable that is not set.
+    Unset(String),
+}
+
+impl ExpandError {
+    /// The problem, quoting the field's text `input` where that helps.
+    pub fn describe(&self, input: &str) -> String {
+        match self {
+            ExpandError::Unterminated => format!("unterminated ${{ in {input:?}"),
+            ExpandError::BadName(name) => format!("invalid environment variable name {name:?}"),
+            ExpandError::Unset(name) => format!("environment variable {name} is not set"),
+        }
+    }
+
+    /// The problem for a secret (a password): nothing of `input` is quoted, except the variable
+    /// name of a field that is exactly one `${NAME}` reference.
+    pub fn describe_secret(&self, input: &str) -> String {
+        const LITERAL: &str = "the value is not shown; write $${ for a literal ${";
+        match self {
+            ExpandError::Unset(name) if input == format!("${{{name}}}") => {
+                format!("environment variable {name} is not set")
+            }
+            ExpandError::Unset(_) => {
+                format!("refers to an environment variable that is not set ({LITERAL})")
+            }
+            ExpandError::Unterminated => format!("unterminated ${{ ({LITERAL})"),
+            ExpandError::BadName(_) => {
+                format!(
+                    "${{…}} around something that is not an environment variable name ({LITERAL})"
+                )
+            }
+        }
     }
 }
 
 /// Replaces each `${NAME}` with the variable's value; `$${` stands for a literal `${`.
-pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(at) = rest.find('$') {
@@ -528,15 +599,12 @@ pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             out.push_str("${");
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated ${{ in {input:?}"))?;
+            let end = after.find('}').ok_or(ExpandError::Unterminated)?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name {name:?}"));
+                return Err(ExpandError::BadName(name.to_owned()));
             }
-            let value =
-                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value = env(name).ok_or_else(|| ExpandError::Unset(name.to_owned()))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {

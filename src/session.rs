@@ -100,7 +100,12 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
         match outcome {
             Outcome::Closed => {}
             Outcome::Refused(mut io, error) => {
-                tracing::info!(code = %error.code, message = %error.message, "refused client");
+                // The message may quote what the client sent (its user or database name).
+                tracing::info!(
+                    code = %error.code,
+                    message = %crate::telemetry::escape(&error.message),
+                    "refused client"
+                );
                 shared.metrics.error(error.kind);
                 error.encode(&mut io.wbuf);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

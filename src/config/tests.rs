@@ -145,7 +145,7 @@ fn each_mistake_is_reported_at_its_yaml_path() {
         (
             "${APP_PASSWORD}",
             "${APP",
-            "users[0].password: unterminated",
+            "users[0].password: unterminated ${ (the value is not shown",
         ),
         (
             "tls: disable",
@@ -260,11 +260,66 @@ fn env_expansion_table() {
         ("${}", Err("invalid environment variable name \"\"")),
         ("${A-B}", Err("invalid environment variable name \"A-B\"")),
         ("${MISSING}", Err("environment variable MISSING is not set")),
+        ("x${OPEN", Err("unterminated ${ in \"x${OPEN\"")),
     ];
     for (input, want) in cases {
-        let got = expand(input, &env);
+        let got = expand(input, &env).map_err(|e| e.describe(input));
         assert_eq!(got.as_deref().map_err(String::as_str), *want, "{input}");
     }
+}
+
+/// A password that cannot be expanded is described, never quoted: not by `check-config`, not
+/// by a failed reload (both print these problems).
+#[test]
+fn password_expansion_problems_do_not_quote_the_password() {
+    // (password as written in the YAML, a fragment that must not be printed, expected problem)
+    let cases = [
+        (
+            "'hunter2${oops'",
+            "hunter2",
+            "users[0].password: unterminated ${ (the value is not shown; write $${ for a literal ${)",
+        ),
+        (
+            "'pa${ss word}rd'",
+            "ss word",
+            "users[0].password: ${…} around something that is not an environment variable name",
+        ),
+        (
+            "'abc${NOPE}def'",
+            "abc",
+            "users[0].password: refers to an environment variable that is not set",
+        ),
+    ];
+    for (written, secret, want) in cases {
+        let yaml = VALID.replace("\"${APP_PASSWORD}\"", written);
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{written}: {found:?}"
+        );
+        assert!(
+            found.iter().all(|p| !p.contains(secret)),
+            "{written}: printed {secret:?}: {found:?}"
+        );
+    }
+}
+
+/// An unquoted scalar is taken as the text written (YAML's plain scalars), not as a number.
+#[test]
+fn unquoted_passwords_are_kept_as_written() {
+    for written in ["12345", "0123", "true", "4.50"] {
+        let c = Config::from_yaml(&VALID.replace("\"${APP_PASSWORD}\"", written), &env).unwrap();
+        assert_eq!(c.users[0].password, written);
+    }
+}
+
+#[test]
+fn debug_output_redacts_passwords() {
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(!printed.contains("\"secret\""), "{printed}");
+    assert!(printed.contains("<redacted>"), "{printed}");
 }
 
 #[test]
