@@ -297,3 +297,73 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
         "{err:?}"
     );
 }
+
+/// Reads one whole backend message from `s` (`buf` keeps what follows it).
+async fn next_message(s: &mut TcpStream, buf: &mut bytes::BytesMut) -> bytes::BytesMut {
+    loop {
+        if let Some(m) = frame::split_message(buf, 1 << 20).unwrap() {
+            return m;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
+            .await
+            .expect("the proxy answered")
+            .unwrap();
+        assert!(n > 0, "closed by the proxy");
+    }
+}
+
+/// The first SCRAM round as `user` over a raw socket: the mechanisms offered and the salt.
+async fn scram_first_round(addr: std::net::SocketAddr, user: &str) -> (Vec<String>, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&startup_packet(&[("user", user), ("database", "app")]))
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let offer = next_message(&mut s, &mut buf).await;
+    assert_eq!(offer[0], b'R');
+    let mechanisms = frame::body(&offer)[4..]
+        .split(|b| *b == 0)
+        .filter(|m| !m.is_empty())
+        .map(|m| String::from_utf8(m.to_vec()).unwrap())
+        .collect();
+    let first = b"n,,n=,r=hostile-test-nonce";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    body.extend_from_slice(first);
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(&body);
+    s.write_all(&msg).await.unwrap();
+    let server_first = next_message(&mut s, &mut buf).await;
+    assert_eq!(server_first[0], b'R', "{server_first:?}");
+    let text = String::from_utf8(frame::body(&server_first)[4..].to_vec()).unwrap();
+    let salt = text
+        .split(',')
+        .find_map(|f| f.strip_prefix("s="))
+        .unwrap()
+        .to_owned();
+    (mechanisms, salt)
+}
+
+/// A user name that is not configured cannot be told from one that is by the SCRAM exchange:
+/// the same mechanisms, and a salt that stays the same from one attempt to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_names_are_not_revealed_by_the_scram_exchange() {
+    let proxy = proxy("").await;
+    let (known, known_salt) = scram_first_round(proxy.addr, "app").await;
+    let (unknown, salt) = scram_first_round(proxy.addr, "mallory").await;
+    assert_eq!(known, unknown);
+    assert_eq!(
+        scram_first_round(proxy.addr, "app").await.1,
+        known_salt,
+        "a configured user's salt is stable"
+    );
+    assert_eq!(
+        scram_first_round(proxy.addr, "mallory").await.1,
+        salt,
+        "so is an unknown user's"
+    );
+    assert_ne!(scram_first_round(proxy.addr, "mallory2").await.1, salt);
+    assert_eq!(salt.len(), known_salt.len());
+    still_serves(proxy.addr).await;
+}
