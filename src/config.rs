@@ -395,6 +395,60 @@ pub struct Node {
     /// CA bundle (PEM) for `tls: verify-full`.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// Authentication methods the proxy goes along with when this node asks for them, named as
+    /// libpq's `require_auth`; default `[scram-sha-256, none]` (see [`BackendAuth`]).
+    #[serde(default)]
+    pub require_auth: Option<Vec<BackendAuth>>,
+    /// SCRAM iteration counts above this are refused; default 100000 (PostgreSQL uses 4096).
+    #[serde(default)]
+    pub max_scram_iterations: Option<u32>,
+}
+
+impl Node {
+    /// `require_auth`, or its default: SCRAM, and servers that ask for nothing (`trust`).
+    pub fn require_auth(&self) -> &[BackendAuth] {
+        self.require_auth
+            .as_deref()
+            .unwrap_or(&[BackendAuth::ScramSha256, BackendAuth::None])
+    }
+
+    /// `max_scram_iterations`, or its default.
+    pub fn max_scram_iterations(&self) -> u32 {
+        self.max_scram_iterations
+            .unwrap_or(crate::backend::scram::DEFAULT_MAX_ITERATIONS)
+    }
+}
+
+/// How a backend may authenticate the proxy. Anything on the path to a node that is not
+/// `tls: verify-full` can answer the SSLRequest with `N` and ask for the password: in clear
+/// text (`password`) it is handed over; as `md5` it can be brute-forced offline from the
+/// challenge. SCRAM never reveals it, so only SCRAM is answered unless the node lists more.
+/// `none` (the server asks for nothing, `trust` in pg_hba.conf) reveals nothing either: allowed
+/// by default, since whoever can answer for the server can relay the whole session anyway
+/// (only `verify-full` prevents that); list methods without it to refuse such servers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum BackendAuth {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password (AuthenticationCleartextPassword).
+    #[serde(rename = "password")]
+    Password,
+    /// No authentication at all (AuthenticationOk straight away).
+    #[serde(rename = "none")]
+    None,
+}
+
+impl BackendAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendAuth::ScramSha256 => "scram-sha-256",
+            BackendAuth::Md5 => "md5",
+            BackendAuth::Password => "password",
+            BackendAuth::None => "none",
+        }
+    }
 }
 
 /// TLS toward a backend, named as libpq's sslmode.

@@ -332,3 +332,58 @@ fn example_config_in_repo_is_valid() {
     let got = Config::from_yaml(&text, &|_| Some("example".into()));
     assert!(got.is_ok(), "{:?}", got.err());
 }
+
+#[test]
+fn backend_authentication_is_scram_or_none_unless_a_node_lists_more() {
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    let app = &c.clusters["app"];
+    assert_eq!(
+        app.primary.require_auth(),
+        [BackendAuth::ScramSha256, BackendAuth::None]
+    );
+    assert_eq!(app.primary.max_scram_iterations(), 100_000);
+    let yaml = VALID.replace(
+        "{ host: 127.0.0.1, port: 5432, region: us-east }",
+        "{ host: 127.0.0.1, port: 5432, region: us-east, require_auth: [scram-sha-256, md5, password], max_scram_iterations: 600000 }",
+    );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    let primary = &c.clusters["app"].primary;
+    assert_eq!(
+        primary.require_auth(),
+        [
+            BackendAuth::ScramSha256,
+            BackendAuth::Md5,
+            BackendAuth::Password
+        ]
+    );
+    assert_eq!(primary.max_scram_iterations(), 600_000);
+    // (node keys, expected problem)
+    for (keys, want) in [
+        (
+            "require_auth: []",
+            "clusters.app.primary.require_auth: list at least one method",
+        ),
+        (
+            "require_auth: [kerberos]",
+            "clusters.app.primary.require_auth",
+        ),
+        (
+            "max_scram_iterations: 0",
+            "clusters.app.primary.max_scram_iterations: must be between 1 and 10000000",
+        ),
+        (
+            "max_scram_iterations: 10000001",
+            "clusters.app.primary.max_scram_iterations: must be between 1 and 10000000",
+        ),
+    ] {
+        let yaml = VALID.replace(
+            "{ host: 127.0.0.1, port: 5432, region: us-east }",
+            &format!("{{ host: 127.0.0.1, port: 5432, region: us-east, {keys} }}"),
+        );
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{keys}: {found:?}"
+        );
+    }
+}

@@ -311,6 +311,19 @@ fn check_node(node: &Node, path: &str, config: &Config, p: &mut Vec<Problem>) {
             "must not be empty when given",
         ));
     }
+    if matches!(&node.require_auth, Some(m) if m.is_empty()) {
+        p.push(Problem::new(
+            format!("{path}.require_auth"),
+            "list at least one method (scram-sha-256, md5, password, none), or remove the key",
+        ));
+    }
+    let most = crate::backend::scram::MAX_ITERATIONS;
+    if matches!(node.max_scram_iterations, Some(n) if n == 0 || n > most) {
+        p.push(Problem::new(
+            format!("{path}.max_scram_iterations"),
+            format!("must be between 1 and {most}"),
+        ));
+    }
     match (node.tls, &node.tls_ca) {
         (BackendTls::VerifyFull, None) => p.push(Problem::new(
             format!("{path}.tls_ca"),

@@ -96,6 +96,16 @@ pub fn config_yaml(c: &LocalCluster, extra: &str) -> String {
     config_yaml_with(c, "", extra)
 }
 
+/// What the harness's nodes let the proxy answer: its cluster has an MD5 role (`pgm_md5`,
+/// which `raw_login` uses) and a trusted one besides SCRAM roles. The proxy's default is
+/// `[scram-sha-256, none]`; [`strict_auth`] turns this back into it.
+pub const HARNESS_REQUIRE_AUTH: &str = ", require_auth: [scram-sha-256, md5, none]";
+
+/// `yaml` (from [`config_yaml`]) with the nodes' `require_auth` removed: the proxy's default.
+pub fn strict_auth(yaml: &str) -> String {
+    yaml.replace(HARNESS_REQUIRE_AUTH, "")
+}
+
 /// Like [`config_yaml`], with `primary_extra` added to the primary's node entry.
 pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> String {
     let replicas: String = c
@@ -103,7 +113,7 @@ pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> S
         .iter()
         .map(|r| {
             format!(
-                "      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable }}\n",
+                "      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable{HARNESS_REQUIRE_AUTH} }}\n",
                 r.port
             )
         })
@@ -120,7 +130,7 @@ users:
   - {{ name: pgm_trust, password: anything }}
 clusters:
   app:
-    primary: {{ host: 127.0.0.1, port: {}, region: us-east{primary_extra} }}
+    primary: {{ host: 127.0.0.1, port: {}, region: us-east{HARNESS_REQUIRE_AUTH}{primary_extra} }}
     replicas:
 {replicas}{extra}",
         c.primary.port
