@@ -24,6 +24,7 @@ use crate::config::BackendAuth;
 use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::{frame, tag::backend as btag};
+use crate::server::TcpOptions;
 use crate::stream::Stream;
 use crate::telemetry::escape;
 use crate::topology::{BackendTlsSpec, NodeSpec, UserSpec};
@@ -118,24 +119,67 @@ impl ConnectError {
     }
 }
 
-/// Connects to `node` as `user`, passing the client's startup parameters along.
+/// How a backend connection is opened: the time it may take (TCP, TLS and login together) and
+/// the socket's keepalive settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    pub timeout: Duration,
+    pub tcp: TcpOptions,
+}
+
+impl From<&crate::config::Limits> for ConnectOptions {
+    /// `limits.connect_timeout`, `limits.tcp_keepalive` and `limits.tcp_user_timeout`.
+    fn from(l: &crate::config::Limits) -> ConnectOptions {
+        ConnectOptions {
+            timeout: l.connect_timeout,
+            tcp: l.into(),
+        }
+    }
+}
+
+/// Connects to `node` as `user`, passing the client's startup parameters along, with the
+/// default keepalive settings ([`connect_with`] takes the configured ones).
 pub async fn connect(
     node: &Arc<NodeSpec>,
     user: &UserSpec,
     client_params: &[(String, String)],
     timeout: Duration,
 ) -> Result<BackendConn, ConnectError> {
-    match tokio::time::timeout(timeout, connect_inner(node, user, client_params)).await {
+    let options = ConnectOptions {
+        timeout,
+        tcp: TcpOptions::default(),
+    };
+    connect_with(node, user, client_params, &options).await
+}
+
+/// [`connect`] with every setting given.
+pub async fn connect_with(
+    node: &Arc<NodeSpec>,
+    user: &UserSpec,
+    client_params: &[(String, String)],
+    options: &ConnectOptions,
+) -> Result<BackendConn, ConnectError> {
+    let login = connect_inner(node, user, client_params, options.tcp);
+    match tokio::time::timeout(options.timeout, login).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
             node: node.to_string(),
-            after: timeout,
+            after: options.timeout,
         }),
     }
 }
 
-/// Opens the TCP connection and negotiates TLS as the node's mode says.
+/// Opens the TCP connection (default keepalive settings) and negotiates TLS as the node's
+/// mode says.
 pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
+    open_stream_with(node, TcpOptions::default()).await
+}
+
+/// [`open_stream`] with the socket's keepalive settings given.
+pub async fn open_stream_with(
+    node: &NodeSpec,
+    tcp_options: TcpOptions,
+) -> Result<Stream, ConnectError> {
     let unreachable = |reason: String| ConnectError::Unreachable {
         node: node.to_string(),
         reason,
@@ -145,6 +189,7 @@ pub async fn open_stream(node: &NodeSpec) -> Result<Stream, ConnectError> {
         .map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true)
         .map_err(|e| unreachable(e.to_string()))?;
+    crate::server::tune_socket(&tcp, tcp_options).map_err(|e| unreachable(e.to_string()))?;
     let (config, name, required) = match &node.tls {
         BackendTlsSpec::Disable => return Ok(Stream::Plain(tcp)),
         BackendTlsSpec::Prefer(c, n) => (c, n, false),
@@ -188,8 +233,9 @@ async fn connect_inner(
     node: &Arc<NodeSpec>,
     user: &UserSpec,
     client_params: &[(String, String)],
+    tcp_options: TcpOptions,
 ) -> Result<BackendConn, ConnectError> {
-    let stream = open_stream(node).await?;
+    let stream = open_stream_with(node, tcp_options).await?;
     let mut io = MessageIo::new(stream);
     let protocol = |reason: String| ConnectError::Protocol {
         node: node.to_string(),
@@ -507,6 +553,37 @@ mod tests {
             s
         })
         .await
+    }
+
+    #[tokio::test]
+    async fn backend_sockets_get_the_keepalive_settings() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let n = node_with(listener.local_addr().unwrap(), |n| {
+            n.tls = crate::config::BackendTls::Disable
+        });
+        let tcp = TcpOptions {
+            keepalive: Duration::from_secs(7),
+            user_timeout: Duration::from_secs(11),
+        };
+        let Stream::Plain(s) = open_stream_with(&n, tcp).await.unwrap() else {
+            panic!("a plain stream for tls: disable");
+        };
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(11))
+        );
+        let Stream::Plain(s) = open_stream(&n).await.unwrap() else {
+            panic!("plain");
+        };
+        let sock = socket2::SockRef::from(&s);
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(30),
+            "the default"
+        );
     }
 
     #[tokio::test]

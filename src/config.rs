@@ -488,6 +488,16 @@ pub struct Limits {
     /// On SIGTERM, sessions get this long to finish their transaction before being closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TCP keepalive on client and backend sockets: after this long without traffic the kernel
+    /// probes the peer, then every third of it (at least 1s); three unanswered probes close the
+    /// connection (so a vanished peer is noticed after about twice this). 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// `TCP_USER_TIMEOUT` (Linux) on client and backend sockets: data the peer has not
+    /// acknowledged for this long closes the connection, also while keepalive probes go
+    /// unanswered. 0s disables (the kernel's retransmission limits apply, about 15 minutes).
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -499,6 +509,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            tcp_keepalive: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(60),
         }
     }
 }

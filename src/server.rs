@@ -82,6 +82,54 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, lanes: Lanes) {
     }
 }
 
+/// Keepalive and user-timeout settings of a TCP socket (client or backend); zero disables each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: Duration,
+    pub user_timeout: Duration,
+}
+
+impl From<&crate::config::Limits> for TcpOptions {
+    fn from(l: &crate::config::Limits) -> TcpOptions {
+        TcpOptions {
+            keepalive: l.tcp_keepalive,
+            user_timeout: l.tcp_user_timeout,
+        }
+    }
+}
+
+impl Default for TcpOptions {
+    fn default() -> TcpOptions {
+        TcpOptions::from(&crate::config::Limits::default())
+    }
+}
+
+/// Unanswered keepalive probes before the kernel gives up on the peer.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Applies `options` to `tcp`: keepalive probes after `keepalive` of silence, then every third
+/// of it; `TCP_USER_TIMEOUT` where the platform has it. A half-open connection (the peer's
+/// machine vanished, a NAT dropped the mapping) is then closed instead of living forever.
+pub fn tune_socket(tcp: &tokio::net::TcpStream, options: TcpOptions) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    if options.keepalive.is_zero() {
+        sock.set_keepalive(false)?;
+    } else {
+        // The kernel counts these in whole seconds, at least one.
+        let time = options.keepalive.max(Duration::from_secs(1));
+        let interval = (time / 3).max(Duration::from_secs(1));
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(time)
+            .with_interval(interval);
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+        let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+        sock.set_tcp_keepalive(&keepalive)?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout((!options.user_timeout.is_zero()).then_some(options.user_timeout))?;
+    Ok(())
+}
+
 /// Counts a client connection for as long as it lives.
 struct ClientSlot {
     shared: Arc<Shared>,
@@ -118,4 +166,56 @@ async fn refuse(mut tcp: tokio::net::TcpStream, limit: usize) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads back what `tune_socket` set on a real accepted connection.
+    #[tokio::test]
+    async fn socket_options_are_set_and_can_be_turned_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        let on = TcpOptions {
+            keepalive: Duration::from_secs(30),
+            user_timeout: Duration::from_secs(60),
+        };
+        tune_socket(&accepted, on).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        let short = TcpOptions {
+            keepalive: Duration::from_secs(2),
+            user_timeout: Duration::from_millis(1500),
+        };
+        tune_socket(&accepted, short).unwrap();
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        let off = TcpOptions {
+            keepalive: Duration::ZERO,
+            user_timeout: Duration::ZERO,
+        };
+        tune_socket(&accepted, off).unwrap();
+        assert!(!sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_user_timeout().unwrap(), None);
+    }
 }

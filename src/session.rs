@@ -57,6 +57,9 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
         let _ = tcp.set_nodelay(true);
         let (startup_timeout, trusted) = {
             let t = shared.topology.load();
+            if let Err(e) = crate::server::tune_socket(&tcp, (&t.limits).into()) {
+                tracing::debug!(error = %e, "could not set keepalive on the client socket");
+            }
             (
                 t.limits.startup_timeout,
                 !t.proxy_trusted.is_empty()

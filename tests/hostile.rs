@@ -367,3 +367,41 @@ async fn unknown_user_names_are_not_revealed_by_the_scram_exchange() {
     assert_eq!(salt.len(), known_salt.len());
     still_serves(proxy.addr).await;
 }
+
+/// Client sockets get the configured keepalive and TCP_USER_TIMEOUT as their session starts,
+/// so a client whose machine vanished is not kept forever (read back from the accepted socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sockets_get_keepalive_and_a_user_timeout() {
+    let config = common::config(
+        cluster(),
+        "limits: { tcp_keepalive: 7s, tcp_user_timeout: 11s }\n",
+    );
+    let shared = std::sync::Arc::new(pgmeridian::app::Shared::new(&config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, peer) = listener.accept().await.unwrap();
+    // A second handle on the same socket, to read its options while the session owns it.
+    let accepted = accepted.into_std().unwrap();
+    let probe = accepted.try_clone().unwrap();
+    let accepted = TcpStream::from_std(accepted).unwrap();
+    let session = tokio::spawn(async move {
+        pgmeridian::session::run(accepted, peer, &shared).await;
+    });
+    let sock = socket2::SockRef::from(&probe);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sock.tcp_keepalive_time().unwrap() != Duration::from_secs(7) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keepalive never set"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sock.keepalive().unwrap());
+    assert_eq!(
+        sock.tcp_user_timeout().unwrap(),
+        Some(Duration::from_secs(11))
+    );
+    session.abort();
+}

@@ -387,3 +387,27 @@ fn backend_authentication_is_scram_or_none_unless_a_node_lists_more() {
         );
     }
 }
+
+#[test]
+fn tcp_keepalive_is_off_or_at_least_a_second() {
+    let with = |l: &str| {
+        VALID.replace(
+            "limits: { startup_timeout: 3s",
+            &format!("limits: {{ {l}, startup_timeout: 3s"),
+        )
+    };
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    assert_eq!(c.limits.tcp_keepalive, Duration::from_secs(30));
+    assert_eq!(c.limits.tcp_user_timeout, Duration::from_secs(60));
+    for ok in [
+        "tcp_keepalive: 0s",
+        "tcp_keepalive: 1s",
+        "tcp_user_timeout: 0s",
+    ] {
+        assert_eq!(problems(&with(ok)), Vec::<String>::new(), "{ok}");
+    }
+    assert_eq!(
+        problems(&with("tcp_keepalive: 500ms")),
+        vec!["limits.tcp_keepalive: must be 0s (off) or at least 1s"]
+    );
+}

@@ -176,6 +176,13 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be at least 1",
         ));
     }
+    // The kernel counts keepalive times in whole seconds.
+    if !l.tcp_keepalive.is_zero() && l.tcp_keepalive < std::time::Duration::from_secs(1) {
+        p.push(Problem::new(
+            "limits.tcp_keepalive",
+            "must be 0s (off) or at least 1s",
+        ));
+    }
     for (field, d) in [
         ("startup_timeout", l.startup_timeout),
         ("connect_timeout", l.connect_timeout),
