@@ -34,6 +34,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Client connections currently open.
     pub clients: AtomicUsize,
+    /// Client connections in their startup phase, by address.
+    pub handshakes: crate::server::Handshakes,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
     /// Required WAL positions shared by read-your-writes scopes.
@@ -123,6 +125,7 @@ impl Shared {
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
+            handshakes: Default::default(),
             learned_writes: Default::default(),
             schema_epoch: Default::default(),
             scopes: Default::default(),

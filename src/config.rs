@@ -479,6 +479,13 @@ pub struct Limits {
     /// Time a client has from TCP accept to authenticated.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// Connections still in their startup phase (accepted, not yet authenticated and greeted)
+    /// beyond this are refused with 53300, so that sockets that never log in cannot hold every
+    /// client slot. They count toward `max_client_connections` as well.
+    pub max_handshakes: usize,
+    /// The same, per client address (the PROXY protocol's address when the peer is trusted).
+    /// Behind a load balancer without PROXY protocol every client shares its address.
+    pub max_handshakes_per_address: usize,
     /// Time to establish and authenticate a backend connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -506,6 +513,8 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024 * 1024,
             max_client_connections: 10_000,
             startup_timeout: Duration::from_secs(10),
+            max_handshakes: 1000,
+            max_handshakes_per_address: 100,
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),

@@ -111,25 +111,129 @@ async fn startup_packet_claiming_2gb_is_closed_without_buffering() {
     still_serves(proxy.addr).await;
 }
 
+/// A TCP connection to `addr` from the loopback alias `from` (any 127.x.y.z works on Linux).
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.expect("connection accepted")
+}
+
+/// A login as `app` over a connection from `from`.
+async fn login_from(
+    from: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let config: tokio_postgres::Config = conn_string(addr, "app", APP_PASSWORD, "app")
+        .parse()
+        .unwrap();
+    let (client, conn) = config
+        .connect_raw(connect_from(from, addr).await, tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// 2,000 sockets from one address that never send a startup packet hold at most
+/// `max_handshakes_per_address` startup slots; the others are refused at once with 53300, and
+/// a client from another address logs in as usual, quickly, although the silent sockets alone
+/// would be more than `max_client_connections`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_idle_connections_do_not_block_a_real_client() {
-    let proxy = proxy("").await;
-    let mut idle = Vec::with_capacity(2000);
+async fn two_thousand_silent_connections_from_one_address_do_not_lock_out_others() {
+    let proxy = proxy("limits: { startup_timeout: 60s, max_client_connections: 1500 }\n").await;
+    let mut silent = Vec::with_capacity(2000);
     for _ in 0..2000 {
-        idle.push(
-            TcpStream::connect(proxy.addr)
+        silent.push(connect_from("127.0.0.2", proxy.addr).await);
+    }
+    let started = std::time::Instant::now();
+    let client = login_from("127.0.0.1", proxy.addr)
+        .await
+        .expect("a client from another address is served");
+    client.simple_query("select 1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The same address is over its limit while the silent sockets wait.
+    let err = refused(login_from("127.0.0.2", proxy.addr).await, "over the limit");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    // Only the default 100 are still open; the rest were told why and closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let open = loop {
+        let mut open = 0;
+        for s in &mut silent {
+            let mut byte = [0u8; 1];
+            if tokio::time::timeout(Duration::from_millis(2), s.peek(&mut byte))
                 .await
-                .expect("idle connection accepted"),
+                .is_err()
+            {
+                open += 1;
+            }
+        }
+        if open == 100 || tokio::time::Instant::now() > deadline {
+            break open;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(open, 100);
+    let e = first_error(&read_until_close(silent.last_mut().unwrap()).await)
+        .expect("a refused one got an ErrorResponse");
+    assert_eq!(e.code, "53300", "{e:?}");
+    assert!(e.message.contains("from this address"), "{e:?}");
+    // Once they go away, the address may log in again.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match login_from("127.0.0.2", proxy.addr).await {
+            Ok(c) => {
+                c.simple_query("select 1").await.unwrap();
+                break;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the address never got its slots back: {e:?}"),
+        }
+    }
+    still_serves(proxy.addr).await;
+}
+
+/// The cap on all connections starting up, whatever their address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_handshake_limit_refuses_with_53300() {
+    let proxy = proxy("limits: { max_handshakes: 5, startup_timeout: 60s }\n").await;
+    let mut silent = Vec::new();
+    for i in 0..5 {
+        silent.push(connect_from(&format!("127.0.1.{}", i + 1), proxy.addr).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The five take their slots as their sessions start.
+        let err = match login_from("127.0.0.1", proxy.addr).await {
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Ok(_) => panic!("never refused"),
+            Err(e) => e,
+        };
+        assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+        let message = err.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("starting up")),
+            "{message:?}"
         );
+        break;
     }
-    still_serves(proxy.addr).await;
-    // Half of them now send a partial startup packet and stall; still fine.
-    for s in idle.iter_mut().step_by(2) {
-        s.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while login_from("127.0.0.1", proxy.addr).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "slots never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    still_serves(proxy.addr).await;
-    drop(idle);
-    still_serves(proxy.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,11 +170,17 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be at least 1024",
         ));
     }
-    if l.max_client_connections == 0 {
-        p.push(Problem::new(
-            "limits.max_client_connections",
-            "must be at least 1",
-        ));
+    for (field, n) in [
+        ("max_client_connections", l.max_client_connections),
+        ("max_handshakes", l.max_handshakes),
+        ("max_handshakes_per_address", l.max_handshakes_per_address),
+    ] {
+        if n == 0 {
+            p.push(Problem::new(
+                format!("limits.{field}"),
+                "must be at least 1",
+            ));
+        }
     }
     // The kernel counts keepalive times in whole seconds.
     if !l.tcp_keepalive.is_zero() && l.tcp_keepalive < std::time::Duration::from_secs(1) {
