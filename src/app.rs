@@ -53,6 +53,8 @@ pub struct Shared {
     pub reload_state: tokio::sync::Mutex<crate::reload::ReloadState>,
     /// Client addresses to locations; follows the file and `geoip.database` on reload.
     pub geoip: crate::geo::geoip::GeoIp,
+    /// `admin_token` as loaded at start.
+    pub admin_token: Option<crate::config::Secret>,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl Shared {
             schema_epoch: Default::default(),
             scopes: Default::default(),
             connect_failures: Default::default(),
+            admin_token: config.admin_token.clone(),
             metrics,
         })
     }

@@ -43,9 +43,14 @@ impl std::fmt::Display for Problem {
 pub struct Config {
     /// Where applications connect (restart to change).
     pub listen: String,
-    /// Admin HTTP listener; optional until the admin surface lands.
+    /// Admin HTTP listener (`/metrics`, `/status`, `/healthz`, `/readyz`); none when unset.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// When set, `/metrics` and `/status` answer only requests with `Authorization: Bearer
+    /// TOKEN` (`/healthz` and `/readyz` stay open for orchestrators' probes). `${VAR}` is
+    /// expanded as in passwords. Restart to change.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
     /// Where this proxy runs: the fallback client location.
     pub region: String,
     /// Named places with coordinates, for distance ranking.
@@ -285,6 +290,28 @@ pub struct User {
     pub auth: AuthMethod,
 }
 
+/// A string that is never printed: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The password is never printed.
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -492,6 +519,12 @@ pub struct Limits {
     /// Close sessions idle (outside a transaction) this long; 0s disables.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// Admin HTTP connections open at once; more are closed as soon as they are accepted.
+    pub max_admin_connections: usize,
+    /// An admin HTTP connection must deliver each request's headers within this time (an idle
+    /// keep-alive connection is closed after it too).
+    #[serde(with = "humantime_serde")]
+    pub admin_header_timeout: Duration,
     /// On SIGTERM, sessions get this long to finish their transaction before being closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -518,6 +551,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            max_admin_connections: 64,
+            admin_header_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(30),
             tcp_user_timeout: Duration::from_secs(60),
         }
@@ -562,6 +597,9 @@ impl Config {
                 env,
                 problems,
             );
+        }
+        if let Some(token) = &mut self.admin_token {
+            expand_field(&mut token.0, "admin_token", Shown::Never, env, problems);
         }
         for (name, cluster) in &mut self.clusters {
             let prefix = format!("clusters.{name}");

@@ -509,3 +509,93 @@ async fn client_sockets_get_keepalive_and_a_user_timeout() {
     );
     session.abort();
 }
+
+/// With `admin_token`, `/metrics` and `/status` need `Authorization: Bearer TOKEN`;
+/// `/healthz` and `/readyz` (orchestrators' probes) do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_metrics_and_status_but_not_the_probes() {
+    let proxy = proxy("admin_listen: 127.0.0.1:0\nadmin_token: 'a-long-admin-token'\n").await;
+    let admin = proxy.admin_addr.expect("admin listener");
+    for path in ["/metrics", "/status"] {
+        let (head, _) = http_get(admin, path).await;
+        assert!(head.contains(" 401 "), "{path} without a token: {head}");
+        let wrong = [("Authorization", "Bearer a-long-admin-tokeX")];
+        let (head, _) = http_get_with(admin, path, &wrong).await;
+        assert!(head.contains(" 401 "), "{path} with a wrong token: {head}");
+        let right = [("Authorization", "Bearer a-long-admin-token")];
+        let (head, body) = http_get_with(admin, path, &right).await;
+        assert!(head.contains(" 200 "), "{path} with the token: {head}");
+        assert!(!body.is_empty());
+    }
+    let (head, _) = http_get(admin, "/healthz").await;
+    assert!(head.contains(" 200 "), "{head}");
+    let (head, _) = http_get(admin, "/readyz").await;
+    assert!(head.contains(" 200 ") || head.contains(" 503 "), "{head}");
+}
+
+/// A client that opens an admin connection and sends no (or half a) request is closed after
+/// `limits.admin_header_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_must_send_their_headers_in_time() {
+    let proxy = proxy("admin_listen: 127.0.0.1:0\nlimits: { admin_header_timeout: 300ms }\n").await;
+    let admin = proxy.admin_addr.expect("admin listener");
+    for sent in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost: x\r\n"] {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        read_until_close(&mut s).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{sent:?}: closed after {:?}",
+            started.elapsed()
+        );
+    }
+    let (head, _) = http_get(admin, "/healthz").await;
+    assert!(head.contains(" 200 "), "{head}");
+}
+
+/// Past `limits.max_admin_connections`, new admin connections are closed at once; the slots
+/// come back when the connections end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_capped() {
+    let proxy = proxy(
+        "admin_listen: 127.0.0.1:0\nlimits: { max_admin_connections: 2, admin_header_timeout: 60s }\n",
+    )
+    .await;
+    let admin = proxy.admin_addr.expect("admin listener");
+    let held = [
+        TcpStream::connect(admin).await.unwrap(),
+        TcpStream::connect(admin).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(admin).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(read_until_close(&mut third).await.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // A connection over the cap is dropped, maybe with a reset: read tolerantly.
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        let _ = s
+            .write_all(
+                b"GET /healthz HTTP/1.0
+
+",
+            )
+            .await;
+        let reply = read_until_close(&mut s).await;
+        if String::from_utf8_lossy(&reply)
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(" 200 "))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

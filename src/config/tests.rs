@@ -411,3 +411,30 @@ fn tcp_keepalive_is_off_or_at_least_a_second() {
         vec!["limits.tcp_keepalive: must be 0s (off) or at least 1s"]
     );
 }
+
+#[test]
+fn the_admin_token_is_expanded_checked_and_never_printed() {
+    let with = |t: &str| format!("{VALID}admin_token: {t}\n");
+    let c = Config::from_yaml(&with("\"${APP_PASSWORD}\""), &env).unwrap();
+    assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("s3cret"));
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(Config::from_yaml(VALID, &env).unwrap().admin_token, None);
+    for (token, want) in [
+        ("''", "admin_token: must not be empty when given"),
+        (
+            "\"${NOPE}\"",
+            "admin_token: environment variable NOPE is not set",
+        ),
+        (
+            "'tok3n${oops'",
+            "admin_token: unterminated ${ (the value is not shown",
+        ),
+    ] {
+        let found = problems(&with(token));
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{token}: {found:?}"
+        );
+        assert!(found.iter().all(|p| !p.contains("tok3n")), "{found:?}");
+    }
+}

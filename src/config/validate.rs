@@ -48,6 +48,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if let Some(admin) = &config.admin_listen {
         check_addr(admin, "admin_listen", &mut p);
     }
+    if matches!(&config.admin_token, Some(t) if t.expose().trim().is_empty()) {
+        p.push(Problem::new("admin_token", "must not be empty when given"));
+    }
     match config.workers {
         Some(0) => p.push(Problem::new(
             "workers",
@@ -189,9 +192,16 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be 0s (off) or at least 1s",
         ));
     }
+    if l.max_admin_connections == 0 {
+        p.push(Problem::new(
+            "limits.max_admin_connections",
+            "must be at least 1",
+        ));
+    }
     for (field, d) in [
         ("startup_timeout", l.startup_timeout),
         ("connect_timeout", l.connect_timeout),
+        ("admin_header_timeout", l.admin_header_timeout),
     ] {
         if d.is_zero() {
             p.push(Problem::new(
