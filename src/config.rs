@@ -106,6 +106,33 @@ impl Config {
     }
 }
 
+impl Config {
+    /// File descriptors this configuration may hold at once, roughly: every client connection
+    /// (`limits.max_client_connections`), every pool full (per cluster: nodes × users ×
+    /// `pooling.size`), a probe connection per node, the admin connections, and a reserve for
+    /// the listeners, the configuration and GeoIP files and the runtime.
+    pub fn descriptors_needed(&self) -> u64 {
+        const RESERVE: u64 = 64;
+        let users = self.users.len() as u64;
+        let (pools, probes) = self
+            .clusters
+            .values()
+            .fold((0u64, 0u64), |(pools, probes), c| {
+                let nodes = 1 + c.replicas.len() as u64;
+                let size = c.pooling.as_ref().unwrap_or(&self.pooling).size as u64;
+                (
+                    pools.saturating_add(nodes.saturating_mul(users).saturating_mul(size)),
+                    probes + nodes,
+                )
+            });
+        (self.limits.max_client_connections as u64)
+            .saturating_add(pools)
+            .saturating_add(probes)
+            .saturating_add(self.limits.max_admin_connections as u64)
+            .saturating_add(RESERVE)
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]

@@ -599,3 +599,72 @@ async fn admin_connections_are_capped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `pgmeridian run` raises its soft open-files limit to the hard one, and warns when that is
+/// below what the configuration may need (clients, pools, probes, admin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_raises_the_open_files_limit_and_warns_when_it_is_too_low() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("pgm-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    std::fs::write(
+        &file,
+        "listen: 127.0.0.1:0
+region: r
+regions: { r: { lat: 0, lon: 0 } }
+users: [ { name: app, password: pw } ]
+clusters: { app: { primary: { host: 127.0.0.1, port: 1, region: r, tls: disable } } }
+limits: { max_client_connections: 2000000 }
+",
+    )
+    .unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec {} run --config {}",
+        env!("CARGO_BIN_EXE_pgmeridian"),
+        file.display()
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("PGMERIDIAN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("accepting connections") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the proxy started");
+    child.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let plain: String = log
+        .split('\x1b')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or("", |p| p.1)
+            }
+        })
+        .collect();
+    assert!(
+        plain.contains("raised the open files limit (RLIMIT_NOFILE) from=256"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("is below what limits.max_client_connections"),
+        "{plain}"
+    );
+}

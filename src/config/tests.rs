@@ -438,3 +438,44 @@ fn the_admin_token_is_expanded_checked_and_never_printed() {
         assert!(found.iter().all(|p| !p.contains("tok3n")), "{found:?}");
     }
 }
+
+#[test]
+fn descriptors_needed_counts_clients_pools_probes_and_admin() {
+    // VALID: 2 users; cluster `app` with a primary and one replica (2 nodes).
+    let base = Config::from_yaml(VALID, &env).unwrap();
+    let reserve = 64;
+    // (extra YAML, expected)
+    let cases: &[(&str, u64)] = &[
+        // 10000 clients + 2 nodes × 2 users × 20 + 2 probes + 64 admin + reserve.
+        ("", 10_000 + 80 + 2 + 64 + reserve),
+        (
+            "limits: { max_client_connections: 100, max_admin_connections: 4 }\n",
+            100 + 80 + 2 + 4 + reserve,
+        ),
+        ("pooling: { size: 5 }\n", 10_000 + 20 + 2 + 64 + reserve),
+    ];
+    for (extra, want) in cases {
+        let yaml = format!(
+            "{}{extra}",
+            VALID.replace(
+                "limits: { startup_timeout: 3s, client_idle_timeout: 10m }\n",
+                ""
+            )
+        );
+        let c = Config::from_yaml(&yaml, &env).unwrap_or_else(|p| panic!("{extra}: {p:?}"));
+        assert_eq!(c.descriptors_needed(), *want, "{extra}");
+    }
+    // A cluster's own pooling wins over the top-level one; clusters add up.
+    let mut c = base.clone();
+    let mut other = c.clusters["app"].clone();
+    other.replicas.clear();
+    other.pooling = Some(Pooling {
+        size: 50,
+        ..Pooling::default()
+    });
+    c.clusters.insert("other".into(), other);
+    assert_eq!(
+        c.descriptors_needed(),
+        base.descriptors_needed() + 2 * 50 + 1
+    );
+}
