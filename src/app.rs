@@ -34,6 +34,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Client connections currently open.
     pub clients: AtomicUsize,
+    /// Client connections in their startup phase, by address.
+    pub handshakes: crate::server::Handshakes,
     /// SQL texts replicas refused as writes.
     pub learned_writes: crate::session::LearnedWrites,
     /// Required WAL positions shared by read-your-writes scopes.
@@ -65,6 +67,8 @@ pub struct Shared {
     pub config_file: std::sync::OnceLock<PathBuf>,
     /// The runtime the proxy was started on, where reloads run (sessions live on their own).
     pub runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// `admin_token` as loaded at start.
+    pub admin_token: Option<crate::config::Secret>,
 }
 
 impl Shared {
@@ -139,11 +143,13 @@ impl Shared {
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
+            handshakes: Default::default(),
             learned_writes: Default::default(),
             schema_epoch: Default::default(),
             catalogs: Default::default(),
             scopes: Default::default(),
             probe_hints: Default::default(),
+            admin_token: config.admin_token.clone(),
             metrics,
             sessions: Default::default(),
             pauses: Default::default(),
@@ -252,6 +258,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
     let config = Config::from_yaml(&text, &|name| std::env::var(name).ok())
         .map_err(|ps| render_problems(config_path, &ps))?;
+    check_open_files(&config);
     let proxy = Proxy::start(&config)
         .await
         .map_err(|ps| render_problems(config_path, &ps))?;
@@ -271,6 +278,67 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
     proxy.wait().await;
     tracing::info!("pgmeridian stopped");
     Ok(())
+}
+
+/// Raises the open files limit to the hard limit, and warns when it is below what the
+/// configuration may need: past it, accepts and backend connects fail (and a client could
+/// exhaust it on purpose).
+fn check_open_files(config: &Config) {
+    let need = config.descriptors_needed();
+    match raise_open_files_limit() {
+        Ok((before, now)) => {
+            if now > before {
+                tracing::info!(
+                    from = before,
+                    to = now,
+                    "raised the open files limit (RLIMIT_NOFILE)"
+                );
+            }
+            if now < need {
+                tracing::warn!(
+                    limit = now,
+                    need,
+                    "the open files limit (RLIMIT_NOFILE) is below what limits.max_client_connections and the pools may need; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=) or lower the limits"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, need, "could not read or raise the open files limit"),
+    }
+}
+
+/// Sets the soft RLIMIT_NOFILE to the hard limit (capped at the kernel's `fs.nr_open` when the
+/// hard limit is unlimited); returns the soft limit before and after.
+#[allow(unsafe_code)] // two syscalls on a local struct, see the SAFETY notes
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every platform
+fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit` that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let mut target = limit.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    if before != libc::RLIM_INFINITY && before < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid `rlimit`; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        return Ok((before as u64, target as u64));
+    }
+    Ok((before as u64, before as u64))
 }
 
 /// `pgmeridian check-config`: everything `run` would check before serving, without serving
@@ -314,5 +382,16 @@ async fn signals(shared: Arc<Shared>, path: PathBuf) {
                 crate::reload::reload(&shared, &path).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (before, now) = super::raise_open_files_limit().unwrap();
+        assert!(now >= before);
+        let (again, after) = super::raise_open_files_limit().unwrap();
+        assert_eq!((again, after), (now, now), "already at the hard limit");
     }
 }

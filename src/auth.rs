@@ -1,10 +1,18 @@
 //! Authenticating clients against the configured users: SCRAM-SHA-256 (and -PLUS over TLS) via
 //! pgwire's server state machine, or MD5. Answers only "who is this"; never touches backends.
+//!
+//! Unknown user names are not revealed: they get SCRAM (the default method) with a salt that is
+//! stable per name, derived from a secret made at process start (PostgreSQL's
+//! `scram_mock_salt`), so the exchange looks like a configured user's until the proof fails.
+//! Only users configured with `auth: md5` get an MD5 challenge, as in PostgreSQL.
+
+use std::sync::LazyLock;
 
 use bytes::BytesMut;
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use pgwire::error::PgWireError;
 use pgwire::messages::startup::Authentication;
+use ring::hmac;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::AuthMethod;
@@ -17,6 +25,18 @@ const SCRAM: &str = "SCRAM-SHA-256";
 const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 /// Password-family messages are small; PostgreSQL caps them similarly.
 const AUTH_MESSAGE_LIMIT: usize = 8192;
+/// Length of the SCRAM salts the proxy makes (configured users' too).
+const SALT_LEN: usize = 16;
+
+/// The per-process secret behind unknown users' salts; made once, never leaves the process.
+static MOCK_SALT_KEY: LazyLock<hmac::Key> =
+    LazyLock::new(|| hmac::Key::new(hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()));
+
+/// The salt an unknown `user_name` is shown: the same at every attempt in this process, and
+/// unrelated to any other name's (an HMAC of the name under the process secret).
+pub fn mock_salt(user_name: &str) -> Vec<u8> {
+    hmac::sign(&MOCK_SALT_KEY, user_name.as_bytes()).as_ref()[..SALT_LEN].to_vec()
+}
 
 #[derive(Debug)]
 pub enum AuthError {
@@ -83,13 +103,16 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
             format!("client selected an invalid SASL authentication mechanism {mechanism:?}"),
         )));
     }
+    check_channel_binding_flag(mechanism, data, scram.supports_channel_binding())
+        .map_err(AuthError::Client)?;
     let secret = match user {
         Some(u) => ScramSecret::SaltedPassword {
             salt: u.scram_salt.clone(),
             salted_password: u.scram_salted_password.clone(),
         },
+        // The proof cannot match a random salted password; the salt must not give that away.
         None => ScramSecret::SaltedPassword {
-            salt: rand::random::<[u8; 16]>().to_vec(),
+            salt: mock_salt(user_name),
             salted_password: rand::random::<[u8; 32]>().to_vec(),
         },
     };
@@ -115,6 +138,39 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
         Authentication::SASLFinal(server_final.into_bytes().into()),
     );
     Ok(())
+}
+
+/// The GS2 channel-binding flag of a client-first message against the mechanism the client
+/// chose, as PostgreSQL checks it (`read_client_first_message`): -PLUS needs `p=`, plain SCRAM
+/// must not carry `p=`, and `y` ("I could bind, but you cannot") is a downgrade when the proxy
+/// offered -PLUS on this connection. Anything else is left to the SCRAM parser.
+fn check_channel_binding_flag(
+    mechanism: &str,
+    client_first: &[u8],
+    plus_offered: bool,
+) -> Result<(), ClientError> {
+    let malformed = |detail: &str| {
+        ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed SCRAM message")
+            .with_detail(detail)
+            .with_kind(crate::error::ErrorKind::AuthFailed)
+    };
+    let plus = mechanism == SCRAM_PLUS;
+    match client_first.first() {
+        Some(b'p') if !plus => Err(malformed(
+            "The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.",
+        )),
+        Some(b'n' | b'y') if plus => Err(malformed(
+            "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.",
+        )),
+        Some(b'y') if plus_offered => Err(ClientError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "SCRAM channel binding negotiation error",
+        )
+        .with_detail(
+            "The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn scram_error(e: PgWireError, user: &str) -> AuthError {
@@ -194,13 +250,15 @@ fn parse_sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(name).ok()?, data))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equality that takes the same time wherever the first difference is.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AuthMethod;
 
     #[test]
     fn sasl_initial_response_parsing_never_trusts_lengths() {
@@ -228,6 +286,173 @@ mod tests {
         #[test]
         fn sasl_initial_response_parser_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
             let _ = parse_sasl_initial(&body);
+        }
+    }
+
+    #[test]
+    fn channel_binding_flags_are_checked_against_the_mechanism() {
+        // (mechanism, client-first, -PLUS offered, expected SQLSTATE or None for "go on")
+        let cases: &[(&str, &[u8], bool, Option<&str>)] = &[
+            (SCRAM, b"n,,n=,r=abc", false, None),
+            (SCRAM, b"n,,n=,r=abc", true, None),
+            (SCRAM, b"y,,n=,r=abc", false, None),
+            (SCRAM, b"y,,n=,r=abc", true, Some("28000")),
+            (
+                SCRAM,
+                b"p=tls-server-end-point,,n=,r=abc",
+                true,
+                Some("08P01"),
+            ),
+            (SCRAM_PLUS, b"n,,n=,r=abc", true, Some("08P01")),
+            (SCRAM_PLUS, b"y,,n=,r=abc", true, Some("08P01")),
+            (SCRAM_PLUS, b"p=tls-server-end-point,,n=,r=abc", true, None),
+            (SCRAM, b"", true, None),
+            (SCRAM, b"x,,", true, None),
+        ];
+        for (mechanism, first, offered, want) in cases {
+            let got = check_channel_binding_flag(mechanism, first, *offered);
+            assert_eq!(
+                got.as_ref().err().map(|e| e.code.as_str()),
+                *want,
+                "{mechanism} {:?} offered={offered}: {got:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
+        let e = check_channel_binding_flag(SCRAM, b"y,,n=,r=a", true).unwrap_err();
+        assert_eq!(e.message, "SCRAM channel binding negotiation error");
+    }
+
+    #[test]
+    fn mock_salts_are_stable_per_name_and_differ_between_names() {
+        assert_eq!(mock_salt("mallory"), mock_salt("mallory"));
+        assert_ne!(mock_salt("mallory"), mock_salt("mallory2"));
+        assert_eq!(mock_salt("x").len(), SALT_LEN);
+    }
+
+    /// What a client sees of one SCRAM attempt: the mechanisms offered, then the server-first
+    /// message, or the error the exchange ended with.
+    async fn first_round(
+        user_name: &str,
+        user: Option<std::sync::Arc<UserSpec>>,
+        scram: ScramServerAuth,
+        mechanism: &str,
+        client_first: &str,
+    ) -> (Vec<String>, Result<String, ClientError>) {
+        use bytes::BufMut;
+        let (server_end, client_end) = tokio::io::duplex(8192);
+        let name = user_name.to_owned();
+        let server = tokio::spawn(async move {
+            let mut io = MessageIo::new(server_end);
+            authenticate(&mut io, &name, user.as_deref(), &scram).await
+        });
+        let mut client = MessageIo::new(client_end);
+        let offer = client.read_message(8192).await.unwrap();
+        let mechanisms: Vec<String> = frame::body(&offer)[4..]
+            .split(|b| *b == 0)
+            .filter(|m| !m.is_empty())
+            .map(|m| String::from_utf8(m.to_vec()).unwrap())
+            .collect();
+        let mut body = BytesMut::new();
+        body.put_slice(mechanism.as_bytes());
+        body.put_u8(0);
+        body.put_i32(client_first.len() as i32);
+        body.put_slice(client_first.as_bytes());
+        client.wbuf.put_u8(tag::PASSWORD);
+        client.wbuf.put_u32(body.len() as u32 + 4);
+        client.wbuf.put_slice(&body);
+        client.flush().await.unwrap();
+        // A refusal ends the server's side (the handshake writes the error): the client then
+        // reads EOF, and the refusal is the server task's result.
+        let answer = match client.read_message(8192).await {
+            Ok(m) => Ok(m),
+            Err(_) => Err(server.await.unwrap()),
+        };
+        let outcome = match answer {
+            Ok(m) => Ok(String::from_utf8(frame::body(&m)[4..].to_vec()).unwrap()),
+            Err(Err(AuthError::Client(e))) => Err(e),
+            Err(other) => panic!("unexpected end of the exchange: {other:?}"),
+        };
+        (mechanisms, outcome)
+    }
+
+    fn salt_of(server_first: &str) -> String {
+        server_first
+            .split(',')
+            .find_map(|f| f.strip_prefix("s="))
+            .unwrap()
+            .to_owned()
+    }
+
+    fn known_user() -> std::sync::Arc<UserSpec> {
+        let salt = b"0123456789abcdef".to_vec();
+        std::sync::Arc::new(UserSpec {
+            name: "app".into(),
+            password: "pw".into(),
+            auth: AuthMethod::ScramSha256,
+            scram_salted_password: pgwire::api::auth::sasl::scram::gen_salted_password(
+                "pw", &salt, 4096,
+            ),
+            scram_salt: salt,
+            backend_scram: Default::default(),
+            admin: false,
+        })
+    }
+
+    const FIRST: &str = "n,,n=,r=rOprNGfwEbeRWgbNEkqO";
+
+    #[tokio::test]
+    async fn unknown_users_get_what_known_users_get_and_a_stable_salt() {
+        let scram = ScramServerAuth::new();
+        let (known, first) =
+            first_round("app", Some(known_user()), scram.clone(), SCRAM, FIRST).await;
+        let known_salt = salt_of(&first.unwrap());
+        let (unknown, first) = first_round("mallory", None, scram.clone(), SCRAM, FIRST).await;
+        assert_eq!(known, unknown, "the same mechanisms for both");
+        assert_eq!(known, [SCRAM]);
+        let salt = salt_of(&first.unwrap());
+        let (_, again) = first_round("mallory", None, scram.clone(), SCRAM, FIRST).await;
+        assert_eq!(salt, salt_of(&again.unwrap()), "stable across attempts");
+        let (_, other) = first_round("mallory2", None, scram, SCRAM, FIRST).await;
+        assert_ne!(salt, salt_of(&other.unwrap()), "one salt per name");
+        assert_eq!(
+            salt.len(),
+            known_salt.len(),
+            "same salt length as a configured user's"
+        );
+    }
+
+    fn scram_with_certificate() -> ScramServerAuth {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut scram = ScramServerAuth::new();
+        scram.configure_certificate(cert.pem().as_bytes()).unwrap();
+        scram
+    }
+
+    #[tokio::test]
+    async fn channel_binding_downgrades_are_refused_before_the_server_first_message() {
+        let scram = scram_with_certificate();
+        let (offered, ok) =
+            first_round("app", Some(known_user()), scram.clone(), SCRAM, FIRST).await;
+        assert_eq!(offered, [SCRAM_PLUS, SCRAM]);
+        assert!(ok.is_ok(), "plain SCRAM without binding is fine: {ok:?}");
+        for (mechanism, first, code) in [
+            (SCRAM_PLUS, FIRST, "08P01"),
+            (SCRAM, "y,,n=,r=rOprNGfwEbeRWgbNEkqO", "28000"),
+            (
+                SCRAM,
+                "p=tls-server-end-point,,n=,r=rOprNGfwEbeRWgbNEkqO",
+                "08P01",
+            ),
+        ] {
+            for user in [Some(known_user()), None] {
+                let (_, got) = first_round("app", user, scram.clone(), mechanism, first).await;
+                let e = got.expect_err(first);
+                assert_eq!(e.code, code, "{mechanism} {first}: {e:?}");
+            }
         }
     }
 

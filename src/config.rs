@@ -47,9 +47,14 @@ impl std::fmt::Display for Problem {
 pub struct Config {
     /// Where applications connect (restart to change).
     pub listen: String,
-    /// Admin HTTP listener; optional until the admin surface lands.
+    /// Admin HTTP listener (`/metrics`, `/status`, `/healthz`, `/readyz`); none when unset.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// When set, `/metrics` and `/status` answer only requests with `Authorization: Bearer
+    /// TOKEN` (`/healthz` and `/readyz` stay open for orchestrators' probes). `${VAR}` is
+    /// expanded as in passwords. Restart to change.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
     /// Where this proxy runs: the fallback client location (`${VAR}` is expanded).
     pub region: String,
     /// Named places with coordinates, for distance ranking.
@@ -102,6 +107,33 @@ impl Config {
             let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             cpus.div_ceil(2)
         })
+    }
+}
+
+impl Config {
+    /// File descriptors this configuration may hold at once, roughly: every client connection
+    /// (`limits.max_client_connections`), every pool full (per cluster: nodes × users ×
+    /// `pooling.size`), a probe connection per node, the admin connections, and a reserve for
+    /// the listeners, the configuration and GeoIP files and the runtime.
+    pub fn descriptors_needed(&self) -> u64 {
+        const RESERVE: u64 = 64;
+        let users = self.users.len() as u64;
+        let (pools, probes) = self
+            .clusters
+            .values()
+            .fold((0u64, 0u64), |(pools, probes), c| {
+                let nodes = 1 + c.replicas.len() as u64;
+                let size = c.pooling.as_ref().unwrap_or(&self.pooling).size as u64;
+                (
+                    pools.saturating_add(nodes.saturating_mul(users).saturating_mul(size)),
+                    probes + nodes,
+                )
+            });
+        (self.limits.max_client_connections as u64)
+            .saturating_add(pools)
+            .saturating_add(probes)
+            .saturating_add(self.limits.max_admin_connections as u64)
+            .saturating_add(RESERVE)
     }
 }
 
@@ -287,7 +319,7 @@ pub struct ServerTls {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -299,6 +331,46 @@ pub struct User {
     /// any user's.
     #[serde(default)]
     pub admin: bool,
+}
+
+/// A string that is never printed: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Shown as `<redacted>` wherever the configuration is serialized (SHOW CONFIG).
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -400,6 +472,60 @@ pub struct Node {
     /// CA bundle (PEM) for `tls: verify-full`.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// Authentication methods the proxy goes along with when this node asks for them, named as
+    /// libpq's `require_auth`; default `[scram-sha-256, none]` (see [`BackendAuth`]).
+    #[serde(default)]
+    pub require_auth: Option<Vec<BackendAuth>>,
+    /// SCRAM iteration counts above this are refused; default 100000 (PostgreSQL uses 4096).
+    #[serde(default)]
+    pub max_scram_iterations: Option<u32>,
+}
+
+impl Node {
+    /// `require_auth`, or its default: SCRAM, and servers that ask for nothing (`trust`).
+    pub fn require_auth(&self) -> &[BackendAuth] {
+        self.require_auth
+            .as_deref()
+            .unwrap_or(&[BackendAuth::ScramSha256, BackendAuth::None])
+    }
+
+    /// `max_scram_iterations`, or its default.
+    pub fn max_scram_iterations(&self) -> u32 {
+        self.max_scram_iterations
+            .unwrap_or(crate::backend::scram::DEFAULT_MAX_ITERATIONS)
+    }
+}
+
+/// How a backend may authenticate the proxy. Anything on the path to a node that is not
+/// `tls: verify-full` can answer the SSLRequest with `N` and ask for the password: in clear
+/// text (`password`) it is handed over; as `md5` it can be brute-forced offline from the
+/// challenge. SCRAM never reveals it, so only SCRAM is answered unless the node lists more.
+/// `none` (the server asks for nothing, `trust` in pg_hba.conf) reveals nothing either: allowed
+/// by default, since whoever can answer for the server can relay the whole session anyway
+/// (only `verify-full` prevents that); list methods without it to refuse such servers.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum BackendAuth {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password (AuthenticationCleartextPassword).
+    #[serde(rename = "password")]
+    Password,
+    /// No authentication at all (AuthenticationOk straight away).
+    #[serde(rename = "none")]
+    None,
+}
+
+impl BackendAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendAuth::ScramSha256 => "scram-sha-256",
+            BackendAuth::Md5 => "md5",
+            BackendAuth::Password => "password",
+            BackendAuth::None => "none",
+        }
+    }
 }
 
 /// TLS toward a backend, named as libpq's sslmode.
@@ -432,15 +558,38 @@ pub struct Limits {
     /// Time a client has from TCP accept to authenticated.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// Connections still in their startup phase (accepted, not yet authenticated and greeted)
+    /// beyond this are refused with 53300, so that sockets that never log in cannot hold every
+    /// client slot. They count toward `max_client_connections` as well.
+    pub max_handshakes: usize,
+    /// The same, per client address (the PROXY protocol's address when the peer is trusted).
+    /// Behind a load balancer without PROXY protocol every client shares its address.
+    pub max_handshakes_per_address: usize,
     /// Time to establish and authenticate a backend connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Close sessions idle (outside a transaction) this long; 0s disables.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// Admin HTTP connections open at once; more are closed as soon as they are accepted.
+    pub max_admin_connections: usize,
+    /// An admin HTTP connection must deliver each request's headers within this time (an idle
+    /// keep-alive connection is closed after it too).
+    #[serde(with = "humantime_serde")]
+    pub admin_header_timeout: Duration,
     /// On SIGTERM, sessions get this long to finish their transaction before being closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TCP keepalive on client and backend sockets: after this long without traffic the kernel
+    /// probes the peer, then every third of it (at least 1s); three unanswered probes close the
+    /// connection (so a vanished peer is noticed after about twice this). 0s disables.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// `TCP_USER_TIMEOUT` (Linux) on client and backend sockets: data the peer has not
+    /// acknowledged for this long closes the connection, also while keepalive probes go
+    /// unanswered. 0s disables (the kernel's retransmission limits apply, about 15 minutes).
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -449,9 +598,15 @@ impl Default for Limits {
             max_message_bytes: 16 * 1024 * 1024,
             max_client_connections: 10_000,
             startup_timeout: Duration::from_secs(10),
+            max_handshakes: 1000,
+            max_handshakes_per_address: 100,
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            max_admin_connections: 64,
+            admin_header_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -487,20 +642,25 @@ impl Config {
 
     fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
         // One file for a fleet: each deployment says where it runs (Kubernetes: an env var).
-        expand_field(&mut self.region, "region", env, problems);
+        expand_field(&mut self.region, "region", Shown::InErrors, env, problems);
         for (i, user) in self.users.iter_mut().enumerate() {
             expand_field(
                 &mut user.password,
                 &format!("users[{i}].password"),
+                Shown::Never,
                 env,
                 problems,
             );
+        }
+        if let Some(token) = &mut self.admin_token {
+            expand_field(&mut token.0, "admin_token", Shown::Never, env, problems);
         }
         for (name, cluster) in &mut self.clusters {
             let prefix = format!("clusters.{name}");
             expand_field(
                 &mut cluster.primary.host,
                 &format!("{prefix}.primary.host"),
+                Shown::InErrors,
                 env,
                 problems,
             );
@@ -508,6 +668,7 @@ impl Config {
                 expand_field(
                     &mut node.host,
                     &format!("{prefix}.replicas[{i}].host"),
+                    Shown::InErrors,
                     env,
                     problems,
                 );
@@ -525,20 +686,77 @@ fn yaml_problem(e: &serde_norway::Error) -> Problem {
     }
 }
 
+/// Whether a field's text may appear in a problem about it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    InErrors,
+    /// A secret: problems describe it without quoting any of it.
+    Never,
+}
+
 fn expand_field(
     value: &mut String,
     path: &str,
+    shown: Shown,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
     match expand(value, env) {
         Ok(expanded) => *value = expanded,
-        Err(message) => problems.push(Problem::new(path, message)),
+        Err(e) => {
+            let message = match shown {
+                Shown::InErrors => e.describe(value),
+                Shown::Never => e.describe_secret(value),
+            };
+            problems.push(Problem::new(path, message));
+        }
+    }
+}
+
+/// Why `${…}` expansion failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpandError {
+    /// A `${` without its `}`.
+    Unterminated,
+    /// `${…}` around something that is not a variable name.
+    BadName(String),
+    /// A variable that is not set.
+    Unset(String),
+}
+
+impl ExpandError {
+    /// The problem, quoting the field's text `input` where that helps.
+    pub fn describe(&self, input: &str) -> String {
+        match self {
+            ExpandError::Unterminated => format!("unterminated ${{ in {input:?}"),
+            ExpandError::BadName(name) => format!("invalid environment variable name {name:?}"),
+            ExpandError::Unset(name) => format!("environment variable {name} is not set"),
+        }
+    }
+
+    /// The problem for a secret (a password): nothing of `input` is quoted, except the variable
+    /// name of a field that is exactly one `${NAME}` reference.
+    pub fn describe_secret(&self, input: &str) -> String {
+        const LITERAL: &str = "the value is not shown; write $${ for a literal ${";
+        match self {
+            ExpandError::Unset(name) if input == format!("${{{name}}}") => {
+                format!("environment variable {name} is not set")
+            }
+            ExpandError::Unset(_) => {
+                format!("refers to an environment variable that is not set ({LITERAL})")
+            }
+            ExpandError::Unterminated => format!("unterminated ${{ ({LITERAL})"),
+            ExpandError::BadName(_) => {
+                format!(
+                    "${{…}} around something that is not an environment variable name ({LITERAL})"
+                )
+            }
+        }
     }
 }
 
 /// Replaces each `${NAME}` with the variable's value; `$${` stands for a literal `${`.
-pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(at) = rest.find('$') {
@@ -548,15 +766,12 @@ pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             out.push_str("${");
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated ${{ in {input:?}"))?;
+            let end = after.find('}').ok_or(ExpandError::Unterminated)?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name {name:?}"));
+                return Err(ExpandError::BadName(name.to_owned()));
             }
-            let value =
-                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value = env(name).ok_or_else(|| ExpandError::Unset(name.to_owned()))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {

@@ -322,7 +322,7 @@ impl Pool {
     /// `wait_timeout` for a free place.
     pub async fn acquire(
         self: &Arc<Self>,
-        connect_timeout: Duration,
+        connect: crate::backend::ConnectOptions,
     ) -> Result<Lease, AcquireError> {
         if self.is_retired() {
             return Err(AcquireError::Closed(self.node.to_string()));
@@ -364,7 +364,7 @@ impl Pool {
             let Some(conn) = candidate else { break };
             self.metrics.idle.dec();
             match conn
-                .ready_for_lease(CHECK_AFTER_IDLE, connect_timeout)
+                .ready_for_lease(CHECK_AFTER_IDLE, connect.timeout)
                 .await
             {
                 Ok(conn) => return Ok(self.leased(conn, permit)),
@@ -380,7 +380,7 @@ impl Pool {
             inner.open += 1;
             inner.user.clone()
         };
-        match ServerConn::open(&self.node, &user, connect_timeout).await {
+        match ServerConn::open(&self.node, &user, &connect).await {
             Ok((conn, params)) => {
                 self.metrics.logins.inc();
                 let mut inner = self.lock();

@@ -24,6 +24,7 @@ struct StartOnly {
     tls: Option<(PathBuf, PathBuf, bool)>,
     workers: Option<usize>,
     scram_iterations: u32,
+    admin_token: Option<crate::config::Secret>,
 }
 
 impl StartOnly {
@@ -40,6 +41,7 @@ impl StartOnly {
             ),
             workers: c.workers,
             scram_iterations: c.scram_iterations,
+            admin_token: c.admin_token.clone(),
         }
     }
 }
@@ -147,6 +149,7 @@ async fn apply(
                 "scram_iterations",
                 started.scram_iterations != now.scram_iterations,
             ),
+            ("admin_token", started.admin_token != now.admin_token),
         ] {
             if changed {
                 tracing::warn!(

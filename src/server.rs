@@ -1,8 +1,10 @@
 //! The accept loop: admits clients up to the connection limit, spawns a session each, and on
 //! drain stops accepting, waits for sessions to finish, then stops the stragglers.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -82,6 +84,154 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, lanes: Lanes) {
     }
 }
 
+/// Connections in their startup phase, in total and per client address (`limits.max_handshakes`,
+/// `limits.max_handshakes_per_address`). A connection holds a [`HandshakeSlot`] from the moment
+/// its client address is known (after the PROXY header, if any) until its session is
+/// established, it is refused, or the startup timeout ends it.
+#[derive(Default)]
+pub struct Handshakes {
+    counts: Mutex<HandshakeCounts>,
+}
+
+#[derive(Default)]
+struct HandshakeCounts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection could not start its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// `max_handshakes` connections are already starting up.
+    Total(usize),
+    /// `max_handshakes_per_address` connections from this address are already starting up.
+    Address(usize),
+}
+
+impl HandshakeRefusal {
+    /// 53300, as for `max_client_connections`: the client may try again shortly.
+    pub fn to_client(self) -> ClientError {
+        let message = match self {
+            HandshakeRefusal::Total(limit) => {
+                format!("sorry, too many connections are starting up (limit {limit})")
+            }
+            HandshakeRefusal::Address(limit) => format!(
+                "sorry, too many connections from this address are starting up (limit {limit})"
+            ),
+        };
+        ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, message)
+    }
+}
+
+impl Handshakes {
+    /// Takes a slot for a connection from `ip`, unless a limit is reached.
+    pub fn enter(
+        &self,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_address: usize,
+    ) -> Result<HandshakeSlot<'_>, HandshakeRefusal> {
+        let mut counts = self.lock();
+        if counts.total >= max_total {
+            return Err(HandshakeRefusal::Total(max_total));
+        }
+        let from_ip = counts.per_address.get(&ip).copied().unwrap_or(0);
+        if from_ip >= max_per_address {
+            return Err(HandshakeRefusal::Address(max_per_address));
+        }
+        counts.per_address.insert(ip, from_ip + 1);
+        counts.total += 1;
+        Ok(HandshakeSlot {
+            handshakes: self,
+            ip,
+        })
+    }
+
+    /// Connections starting up now: in total, and from `ip`.
+    pub fn in_progress(&self, ip: IpAddr) -> (usize, usize) {
+        let counts = self.lock();
+        (
+            counts.total,
+            counts.per_address.get(&ip).copied().unwrap_or(0),
+        )
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut counts = self.lock();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_address.remove(&ip);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandshakeCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One connection's place among those starting up; released when dropped.
+pub struct HandshakeSlot<'a> {
+    handshakes: &'a Handshakes,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.handshakes.leave(self.ip);
+    }
+}
+
+/// Keepalive and user-timeout settings of a TCP socket (client or backend); zero disables each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: Duration,
+    pub user_timeout: Duration,
+}
+
+impl From<&crate::config::Limits> for TcpOptions {
+    fn from(l: &crate::config::Limits) -> TcpOptions {
+        TcpOptions {
+            keepalive: l.tcp_keepalive,
+            user_timeout: l.tcp_user_timeout,
+        }
+    }
+}
+
+impl Default for TcpOptions {
+    fn default() -> TcpOptions {
+        TcpOptions::from(&crate::config::Limits::default())
+    }
+}
+
+/// Unanswered keepalive probes before the kernel gives up on the peer.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Applies `options` to `tcp`: keepalive probes after `keepalive` of silence, then every third
+/// of it; `TCP_USER_TIMEOUT` where the platform has it. A half-open connection (the peer's
+/// machine vanished, a NAT dropped the mapping) is then closed instead of living forever.
+pub fn tune_socket(tcp: &tokio::net::TcpStream, options: TcpOptions) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    if options.keepalive.is_zero() {
+        sock.set_keepalive(false)?;
+    } else {
+        // The kernel counts these in whole seconds, at least one.
+        let time = options.keepalive.max(Duration::from_secs(1));
+        let interval = (time / 3).max(Duration::from_secs(1));
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(time)
+            .with_interval(interval);
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+        let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+        sock.set_tcp_keepalive(&keepalive)?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout((!options.user_timeout.is_zero()).then_some(options.user_timeout))?;
+    Ok(())
+}
+
 /// Counts a client connection for as long as it lives.
 struct ClientSlot {
     shared: Arc<Shared>,
@@ -118,4 +268,79 @@ async fn refuse(mut tcp: tokio::net::TcpStream, limit: usize) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_slots_are_limited_in_total_and_per_address() {
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let h = Handshakes::default();
+        // Limits: 3 in total, 2 per address.
+        let a1 = h.enter(a, 3, 2).unwrap();
+        let a2 = h.enter(a, 3, 2).unwrap();
+        assert_eq!(h.enter(a, 3, 2).err(), Some(HandshakeRefusal::Address(2)));
+        let b1 = h.enter(b, 3, 2).unwrap();
+        assert_eq!(h.enter(b, 3, 2).err(), Some(HandshakeRefusal::Total(3)));
+        assert_eq!(h.in_progress(a), (3, 2));
+        drop(a1);
+        assert_eq!(h.in_progress(a), (2, 1));
+        let a3 = h.enter(a, 3, 2).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(h.in_progress(a), (0, 0));
+        assert!(h.lock().per_address.is_empty(), "no entry is left behind");
+        let e = HandshakeRefusal::Address(2).to_client();
+        assert_eq!(e.code, "53300");
+        assert!(e.message.contains("from this address"), "{e:?}");
+    }
+
+    /// Reads back what `tune_socket` set on a real accepted connection.
+    #[tokio::test]
+    async fn socket_options_are_set_and_can_be_turned_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        let on = TcpOptions {
+            keepalive: Duration::from_secs(30),
+            user_timeout: Duration::from_secs(60),
+        };
+        tune_socket(&accepted, on).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        let short = TcpOptions {
+            keepalive: Duration::from_secs(2),
+            user_timeout: Duration::from_millis(1500),
+        };
+        tune_socket(&accepted, short).unwrap();
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        let off = TcpOptions {
+            keepalive: Duration::ZERO,
+            user_timeout: Duration::ZERO,
+        };
+        tune_socket(&accepted, off).unwrap();
+        assert!(!sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_user_timeout().unwrap(), None);
+    }
 }

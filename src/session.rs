@@ -61,12 +61,16 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     );
     async move {
         let _ = tcp.set_nodelay(true);
-        let (startup_timeout, trusted) = {
+        let (startup_timeout, trusted, max_handshakes) = {
             let t = shared.topology.load();
+            if let Err(e) = crate::server::tune_socket(&tcp, (&t.limits).into()) {
+                tracing::debug!(error = %e, "could not set keepalive on the client socket");
+            }
             (
                 t.limits.startup_timeout,
                 !t.proxy_trusted.is_empty()
                     && proxy_protocol::is_trusted(peer.ip(), &t.proxy_trusted),
+                (t.limits.max_handshakes, t.limits.max_handshakes_per_address),
             )
         };
         let startup = async move {
@@ -91,6 +95,15 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
                 span.record("via", tracing::field::display(peer));
                 span.record("client", tracing::field::display(client));
             }
+            // Held until the handshake ends (or the startup timeout drops this future).
+            let (total, per_address) = max_handshakes;
+            let _slot = match shared.handshakes.enter(client.ip(), total, per_address) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    let io = crate::wire::MessageIo::new(crate::stream::Stream::Plain(tcp));
+                    return Outcome::Refused(io, refusal.to_client());
+                }
+            };
             handshake::handshake(tcp, early, client, shared).await
         };
         let outcome = match tokio::time::timeout(startup_timeout, startup).await {
@@ -106,7 +119,14 @@ pub async fn run(mut tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         match outcome {
             Outcome::Closed => {}
             Outcome::Refused(mut io, error) => {
-                tracing::info!(code = %error.code, message = %error.message, "refused client");
+                // The message may quote what the client sent (its user or database name).
+                let message = crate::telemetry::escape(&error.message);
+                if error.kind == crate::error::ErrorKind::TooManyClients {
+                    // Counted in metrics; one line each would let a flood fill the log.
+                    tracing::debug!(code = %error.code, %message, "refused client");
+                } else {
+                    tracing::info!(code = %error.code, %message, "refused client");
+                }
                 shared.metrics.error(error.kind);
                 error.encode(&mut io.wbuf);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

@@ -2,6 +2,8 @@
 //! `PGMERIDIAN_LOG` environment variable (a tracing filter; default `info`). Span field names
 //! used across the crate: the `session` span carries `id`, `client`, `via`, `cluster`, `geo`.
 
+use std::borrow::Cow;
+
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,6 +44,44 @@ pub fn init(format: LogFormat) {
             tracing_subscriber::registry()
                 .with(layer(json).with_filter(filter))
                 .init()
+        }
+    }
+}
+
+/// `text` with control characters (newlines, carriage returns, escape sequences) written as
+/// escapes, for log lines that carry a string a client or a server chose: a user name with a
+/// newline in it must not start a forged line in a text log. Borrowed when nothing needs it.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        for (input, want) in [
+            ("app", "app"),
+            ("", ""),
+            ("évêque \"q\"", "évêque \"q\""),
+            (
+                "x\n2024-01-01T00:00:00Z  INFO forged",
+                "x\\n2024-01-01T00:00:00Z  INFO forged",
+            ),
+            ("a\r\tb", "a\\r\\tb"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+        ] {
+            assert_eq!(super::escape(input), want, "{input:?}");
         }
     }
 }

@@ -351,6 +351,8 @@ async fn a_million_rows_stream_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_and_trust_backends_and_md5_clients() {
+    // The harness's nodes allow MD5 explicitly (`require_auth: [scram-sha-256, md5, none]`).
+    assert!(config_yaml(cluster(), "").contains("md5, none"));
     let proxy = proxy("").await;
     // Client authenticates to the proxy with MD5; the proxy logs in to PostgreSQL with MD5.
     let md5 = connect_as(proxy.addr, "pgm_md5", MD5_PASSWORD)
@@ -380,6 +382,38 @@ async fn md5_and_trust_backends_and_md5_clients() {
     assert!(connect_as(proxy.addr, "pgm_trust", "not-anything")
         .await
         .is_err());
+}
+
+/// By default the proxy answers only SCRAM (or no authentication) from a backend: a server
+/// (or whatever answers for it) asking for an MD5 password gets nothing, and the client is told
+/// which node asked for what. Trusted roles keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_asking_for_md5_are_refused_unless_the_node_allows_it() {
+    let yaml = strict_auth(&config_yaml(cluster(), ""));
+    assert!(!yaml.contains("require_auth"));
+    let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+    let err = refused(
+        connect_as(proxy.addr, "pgm_md5", MD5_PASSWORD).await,
+        "MD5 backend login refused",
+    );
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code(), &SqlState::CONNECTION_FAILURE, "{db:?}");
+    assert!(
+        db.message().contains(&format!(
+            "app/primary (127.0.0.1:{})",
+            cluster().primary.port
+        )),
+        "{db:?}"
+    );
+    assert!(db.message().contains("an MD5 password"), "{db:?}");
+    assert!(db.message().contains("require_auth"), "{db:?}");
+    let trust = connect_as(proxy.addr, "pgm_trust", "anything")
+        .await
+        .unwrap();
+    trust.simple_query("select 1").await.unwrap();
+    let scram = connect(proxy.addr).await;
+    scram.simple_query("select 1").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,32 @@
 //! The SCRAM-SHA-256 client for backend logins (RFC 5802, RFC 7677), without channel binding.
 //! The salted password is kept per salt and iteration count, so PBKDF2 runs once per user and
 //! node, not at every login. Owns the message arithmetic only; the login loop does the I/O.
+//!
+//! The server chooses the iteration count, so a hostile one (anything on the path of a
+//! `tls: prefer` node) could make each login cost seconds of CPU: counts above the node's
+//! `max_scram_iterations` are refused, and a derivation stops as soon as the login that wanted
+//! it is abandoned (its connect timed out).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::{digest, hmac};
 
-/// Iteration counts above this are refused (a hostile server could make a login cost minutes of
-/// CPU). PostgreSQL's default is 4096; hardening guides suggest up to about 600,000.
+/// Iteration counts above this are refused unless the node's `max_scram_iterations` allows
+/// more. PostgreSQL's default is 4096 (its `scram_iterations`); this leaves room for servers
+/// hardened well beyond it while keeping a login's PBKDF2 well under a second.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000;
+/// The most `max_scram_iterations` may allow.
 pub const MAX_ITERATIONS: u32 = 10_000_000;
+/// Iterations between checks of the stop flag (a few hundred microseconds of work).
+const STOP_CHECK_EVERY: u32 = 256;
+
+/// Derivations running now (on the blocking pool), for tests that check abandoned ones stop.
+pub static RUNNING: AtomicUsize = AtomicUsize::new(0);
 /// Salts longer than this are refused (PostgreSQL's are 16 bytes).
 pub const MAX_SALT: usize = 1024;
 /// Different salts a user's cache keeps (one per node that stores the role separately).
@@ -50,11 +65,47 @@ impl SaltedPasswords {
 /// `Hi(password, salt, i)`: PBKDF2-HMAC-SHA-256, the password normalized with SASLprep as
 /// PostgreSQL does (kept as is if it cannot be).
 pub fn salt_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
-    let derived =
-        pgwire::api::auth::sasl::scram::gen_salted_password(password, salt, iterations as usize);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&derived[..32]);
-    out
+    let never = AtomicBool::new(false);
+    salt_password_unless_stopped(password, salt, iterations, &never)
+        .expect("not stopped: the flag is never set")
+}
+
+/// [`salt_password`] that gives up (None) soon after `stop` is set: the caller's login was
+/// abandoned, and the work must not go on burning a blocking thread.
+pub fn salt_password_unless_stopped(
+    password: &str,
+    salt: &[u8],
+    iterations: u32,
+    stop: &AtomicBool,
+) -> Option<[u8; 32]> {
+    RUNNING.fetch_add(1, Ordering::Relaxed);
+    let _done = Finished;
+    let normalized = stringprep::saslprep(password).unwrap_or(Cow::Borrowed(password));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, normalized.as_bytes());
+    let mut first = Vec::with_capacity(salt.len() + 4);
+    first.extend_from_slice(salt);
+    first.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = [0u8; 32];
+    u.copy_from_slice(hmac::sign(&key, &first).as_ref());
+    let mut out = u;
+    for i in 1..iterations {
+        if i % STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let next = hmac::sign(&key, &u);
+        u.copy_from_slice(next.as_ref());
+        out.iter_mut().zip(u.iter()).for_each(|(o, x)| *o ^= x);
+    }
+    Some(out)
+}
+
+/// Counts a derivation as finished however it ends.
+struct Finished;
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One SCRAM exchange, client side.
@@ -98,8 +149,12 @@ impl ScramClient {
         format!("n,,{}", self.client_first_bare).into_bytes()
     }
 
-    /// Reads the server-first message.
-    pub fn parse_server_first(&self, message: &[u8]) -> Result<ServerFirst, String> {
+    /// Reads the server-first message; iteration counts above `max_iterations` are refused.
+    pub fn parse_server_first(
+        &self,
+        message: &[u8],
+        max_iterations: u32,
+    ) -> Result<ServerFirst, String> {
         if self.expect.is_some() {
             return Err("a second server-first message".into());
         }
@@ -127,9 +182,9 @@ impl ScramClient {
                 salt.len()
             ));
         }
-        if iterations == 0 || iterations > MAX_ITERATIONS {
+        if iterations == 0 || iterations > max_iterations {
             return Err(format!(
-                "iteration count {iterations} is outside 1..={MAX_ITERATIONS}"
+                "iteration count {iterations} is outside 1..={max_iterations} (the node's max_scram_iterations)"
             ));
         }
         Ok(ServerFirst {
@@ -216,7 +271,9 @@ mod tests {
     fn the_rfc_7677_exchange() {
         let mut c = ScramClient::with_user("user", CLIENT_NONCE);
         assert_eq!(c.client_first(), b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
-        let first = c.parse_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        let first = c
+            .parse_server_first(SERVER_FIRST.as_bytes(), DEFAULT_MAX_ITERATIONS)
+            .unwrap();
         assert_eq!(first.iterations, 4096);
         let salted = salt_password("pencil", &first.salt, first.iterations);
         let fin = c.client_final(SERVER_FIRST.as_bytes(), &first, salted);
@@ -238,16 +295,32 @@ mod tests {
             ("r=someoneelse,s=AAAA,i=4096", "nonce"),
             ("r=rOprNGfwEbeRWgbNEkqO,s=AAAA,i=4096", "nonce"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100000000", "iteration"),
+            (
+                "r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100001",
+                "max_scram_iterations",
+            ),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=,i=4096", "salt"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=0", "iteration"),
             ("r=rOprNGfwEbeRWgbNEkqOx,s=!!,i=4096", "salt"),
             ("r=rOprNGfwEbeRWgbNEkqOx,i=4096", "s="),
             ("", "r="),
         ] {
-            let err = c.parse_server_first(message.as_bytes()).unwrap_err();
+            let err = c
+                .parse_server_first(message.as_bytes(), DEFAULT_MAX_ITERATIONS)
+                .unwrap_err();
             assert!(err.contains(want), "{message}: {err}");
         }
-        assert!(c.parse_server_first(&[0xff, 0xfe]).is_err());
+        assert!(c
+            .parse_server_first(&[0xff, 0xfe], DEFAULT_MAX_ITERATIONS)
+            .is_err());
+        assert!(
+            c.parse_server_first(
+                b"r=rOprNGfwEbeRWgbNEkqOx,s=AAAA,i=100001",
+                DEFAULT_MAX_ITERATIONS + 1
+            )
+            .is_ok(),
+            "a node may allow more"
+        );
         assert!(
             c.verify_server_final(b"v=AAAA").is_err(),
             "before client-final"
@@ -276,8 +349,52 @@ mod tests {
     #[test]
     fn a_second_server_first_is_refused() {
         let mut c = ScramClient::with_user("user", CLIENT_NONCE);
-        let first = c.parse_server_first(SERVER_FIRST.as_bytes()).unwrap();
+        let first = c
+            .parse_server_first(SERVER_FIRST.as_bytes(), DEFAULT_MAX_ITERATIONS)
+            .unwrap();
         c.client_final(SERVER_FIRST.as_bytes(), &first, [0; 32]);
-        assert!(c.parse_server_first(SERVER_FIRST.as_bytes()).is_err());
+        assert!(c
+            .parse_server_first(SERVER_FIRST.as_bytes(), DEFAULT_MAX_ITERATIONS)
+            .is_err());
+    }
+
+    #[test]
+    fn the_derivation_matches_postgresql_s_including_saslprep() {
+        for password in ["pencil", "I\u{00AD}X", "\u{2168}", "pass word", ""] {
+            for iterations in [1, 2, 255, 256, 257, 4096] {
+                let ours = salt_password(password, b"salt", iterations);
+                let theirs = pgwire::api::auth::sasl::scram::gen_salted_password(
+                    password,
+                    b"salt",
+                    iterations as usize,
+                );
+                assert_eq!(
+                    ours.as_slice(),
+                    &theirs[..32],
+                    "{password:?} i={iterations}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_derivation_gives_up_quickly() {
+        let stop = AtomicBool::new(true);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            salt_password_unless_stopped("pw", b"salt", u32::MAX, &stop),
+            None
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let work = std::thread::spawn(move || {
+            salt_password_unless_stopped("pw", b"salt", u32::MAX, &flag)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        assert_eq!(work.join().unwrap(), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }

@@ -157,7 +157,7 @@ fn each_mistake_is_reported_at_its_yaml_path() {
         (
             "${APP_PASSWORD}",
             "${APP",
-            "users[0].password: unterminated",
+            "users[0].password: unterminated ${ (the value is not shown",
         ),
         (
             "tls: disable",
@@ -288,11 +288,66 @@ fn env_expansion_table() {
         ("${}", Err("invalid environment variable name \"\"")),
         ("${A-B}", Err("invalid environment variable name \"A-B\"")),
         ("${MISSING}", Err("environment variable MISSING is not set")),
+        ("x${OPEN", Err("unterminated ${ in \"x${OPEN\"")),
     ];
     for (input, want) in cases {
-        let got = expand(input, &env);
+        let got = expand(input, &env).map_err(|e| e.describe(input));
         assert_eq!(got.as_deref().map_err(String::as_str), *want, "{input}");
     }
+}
+
+/// A password that cannot be expanded is described, never quoted: not by `check-config`, not
+/// by a failed reload (both print these problems).
+#[test]
+fn password_expansion_problems_do_not_quote_the_password() {
+    // (password as written in the YAML, a fragment that must not be printed, expected problem)
+    let cases = [
+        (
+            "'hunter2${oops'",
+            "hunter2",
+            "users[0].password: unterminated ${ (the value is not shown; write $${ for a literal ${)",
+        ),
+        (
+            "'pa${ss word}rd'",
+            "ss word",
+            "users[0].password: ${…} around something that is not an environment variable name",
+        ),
+        (
+            "'abc${NOPE}def'",
+            "abc",
+            "users[0].password: refers to an environment variable that is not set",
+        ),
+    ];
+    for (written, secret, want) in cases {
+        let yaml = VALID.replace("\"${APP_PASSWORD}\"", written);
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{written}: {found:?}"
+        );
+        assert!(
+            found.iter().all(|p| !p.contains(secret)),
+            "{written}: printed {secret:?}: {found:?}"
+        );
+    }
+}
+
+/// An unquoted scalar is taken as the text written (YAML's plain scalars), not as a number.
+#[test]
+fn unquoted_passwords_are_kept_as_written() {
+    for written in ["12345", "0123", "true", "4.50"] {
+        let c = Config::from_yaml(&VALID.replace("\"${APP_PASSWORD}\"", written), &env).unwrap();
+        assert_eq!(c.users[0].password, written);
+    }
+}
+
+#[test]
+fn debug_output_redacts_passwords() {
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(!printed.contains("\"secret\""), "{printed}");
+    assert!(printed.contains("<redacted>"), "{printed}");
 }
 
 #[test]
@@ -304,4 +359,151 @@ fn example_config_in_repo_is_valid() {
     .unwrap();
     let got = Config::from_yaml(&text, &|_| Some("example".into()));
     assert!(got.is_ok(), "{:?}", got.err());
+}
+
+#[test]
+fn backend_authentication_is_scram_or_none_unless_a_node_lists_more() {
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    let app = &c.clusters["app"];
+    assert_eq!(
+        app.primary.require_auth(),
+        [BackendAuth::ScramSha256, BackendAuth::None]
+    );
+    assert_eq!(app.primary.max_scram_iterations(), 100_000);
+    let yaml = VALID.replace(
+        "{ host: 127.0.0.1, port: 5432, region: us-east }",
+        "{ host: 127.0.0.1, port: 5432, region: us-east, require_auth: [scram-sha-256, md5, password], max_scram_iterations: 600000 }",
+    );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    let primary = &c.clusters["app"].primary;
+    assert_eq!(
+        primary.require_auth(),
+        [
+            BackendAuth::ScramSha256,
+            BackendAuth::Md5,
+            BackendAuth::Password
+        ]
+    );
+    assert_eq!(primary.max_scram_iterations(), 600_000);
+    // (node keys, expected problem)
+    for (keys, want) in [
+        (
+            "require_auth: []",
+            "clusters.app.primary.require_auth: list at least one method",
+        ),
+        (
+            "require_auth: [kerberos]",
+            "clusters.app.primary.require_auth",
+        ),
+        (
+            "max_scram_iterations: 0",
+            "clusters.app.primary.max_scram_iterations: must be between 1 and 10000000",
+        ),
+        (
+            "max_scram_iterations: 10000001",
+            "clusters.app.primary.max_scram_iterations: must be between 1 and 10000000",
+        ),
+    ] {
+        let yaml = VALID.replace(
+            "{ host: 127.0.0.1, port: 5432, region: us-east }",
+            &format!("{{ host: 127.0.0.1, port: 5432, region: us-east, {keys} }}"),
+        );
+        let found = problems(&yaml);
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{keys}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn tcp_keepalive_is_off_or_at_least_a_second() {
+    let with = |l: &str| {
+        VALID.replace(
+            "limits: { startup_timeout: 3s",
+            &format!("limits: {{ {l}, startup_timeout: 3s"),
+        )
+    };
+    let c = Config::from_yaml(VALID, &env).unwrap();
+    assert_eq!(c.limits.tcp_keepalive, Duration::from_secs(30));
+    assert_eq!(c.limits.tcp_user_timeout, Duration::from_secs(60));
+    for ok in [
+        "tcp_keepalive: 0s",
+        "tcp_keepalive: 1s",
+        "tcp_user_timeout: 0s",
+    ] {
+        assert_eq!(problems(&with(ok)), Vec::<String>::new(), "{ok}");
+    }
+    assert_eq!(
+        problems(&with("tcp_keepalive: 500ms")),
+        vec!["limits.tcp_keepalive: must be 0s (off) or at least 1s"]
+    );
+}
+
+#[test]
+fn the_admin_token_is_expanded_checked_and_never_printed() {
+    let with = |t: &str| format!("{VALID}admin_token: {t}\n");
+    let c = Config::from_yaml(&with("\"${APP_PASSWORD}\""), &env).unwrap();
+    assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("s3cret"));
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(Config::from_yaml(VALID, &env).unwrap().admin_token, None);
+    for (token, want) in [
+        ("''", "admin_token: must not be empty when given"),
+        (
+            "\"${NOPE}\"",
+            "admin_token: environment variable NOPE is not set",
+        ),
+        (
+            "'tok3n${oops'",
+            "admin_token: unterminated ${ (the value is not shown",
+        ),
+    ] {
+        let found = problems(&with(token));
+        assert!(
+            found.iter().any(|p| p.starts_with(want)),
+            "{token}: {found:?}"
+        );
+        assert!(found.iter().all(|p| !p.contains("tok3n")), "{found:?}");
+    }
+}
+
+#[test]
+fn descriptors_needed_counts_clients_pools_probes_and_admin() {
+    // VALID: 2 users; cluster `app` with a primary and one replica (2 nodes).
+    let base = Config::from_yaml(VALID, &env).unwrap();
+    let reserve = 64;
+    // (extra YAML, expected)
+    let cases: &[(&str, u64)] = &[
+        // 10000 clients + 2 nodes × 2 users × 20 + 2 probes + 64 admin + reserve.
+        ("", 10_000 + 80 + 2 + 64 + reserve),
+        (
+            "limits: { max_client_connections: 100, max_admin_connections: 4 }\n",
+            100 + 80 + 2 + 4 + reserve,
+        ),
+        ("pooling: { size: 5 }\n", 10_000 + 20 + 2 + 64 + reserve),
+    ];
+    for (extra, want) in cases {
+        let yaml = format!(
+            "{}{extra}",
+            VALID.replace(
+                "limits: { startup_timeout: 3s, client_idle_timeout: 10m }\n",
+                ""
+            )
+        );
+        let c = Config::from_yaml(&yaml, &env).unwrap_or_else(|p| panic!("{extra}: {p:?}"));
+        assert_eq!(c.descriptors_needed(), *want, "{extra}");
+    }
+    // A cluster's own pooling wins over the top-level one; clusters add up.
+    let mut c = base.clone();
+    let mut other = c.clusters["app"].clone();
+    other.replicas.clear();
+    other.pooling = Some(Pooling {
+        size: 50,
+        ..Pooling::default()
+    });
+    c.clusters.insert("other".into(), other);
+    assert_eq!(
+        c.descriptors_needed(),
+        base.descriptors_needed() + 2 * 50 + 1
+    );
 }

@@ -48,6 +48,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if let Some(admin) = &config.admin_listen {
         check_addr(admin, "admin_listen", &mut p);
     }
+    if matches!(&config.admin_token, Some(t) if t.expose().trim().is_empty()) {
+        p.push(Problem::new("admin_token", "must not be empty when given"));
+    }
     match config.workers {
         Some(0) => p.push(Problem::new(
             "workers",
@@ -178,15 +181,35 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be at least 1024",
         ));
     }
-    if l.max_client_connections == 0 {
+    for (field, n) in [
+        ("max_client_connections", l.max_client_connections),
+        ("max_handshakes", l.max_handshakes),
+        ("max_handshakes_per_address", l.max_handshakes_per_address),
+    ] {
+        if n == 0 {
+            p.push(Problem::new(
+                format!("limits.{field}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    // The kernel counts keepalive times in whole seconds.
+    if !l.tcp_keepalive.is_zero() && l.tcp_keepalive < std::time::Duration::from_secs(1) {
         p.push(Problem::new(
-            "limits.max_client_connections",
+            "limits.tcp_keepalive",
+            "must be 0s (off) or at least 1s",
+        ));
+    }
+    if l.max_admin_connections == 0 {
+        p.push(Problem::new(
+            "limits.max_admin_connections",
             "must be at least 1",
         ));
     }
     for (field, d) in [
         ("startup_timeout", l.startup_timeout),
         ("connect_timeout", l.connect_timeout),
+        ("admin_header_timeout", l.admin_header_timeout),
     ] {
         if d.is_zero() {
             p.push(Problem::new(
@@ -324,6 +347,19 @@ fn check_node(node: &Node, path: &str, config: &Config, p: &mut Vec<Problem>) {
         p.push(Problem::new(
             format!("{path}.database"),
             "must not be empty when given",
+        ));
+    }
+    if matches!(&node.require_auth, Some(m) if m.is_empty()) {
+        p.push(Problem::new(
+            format!("{path}.require_auth"),
+            "list at least one method (scram-sha-256, md5, password, none), or remove the key",
+        ));
+    }
+    let most = crate::backend::scram::MAX_ITERATIONS;
+    if matches!(node.max_scram_iterations, Some(n) if n == 0 || n > most) {
+        p.push(Problem::new(
+            format!("{path}.max_scram_iterations"),
+            format!("must be between 1 and {most}"),
         ));
     }
     match (node.tls, &node.tls_ca) {

@@ -93,9 +93,9 @@ impl ServerConn {
     pub async fn open(
         node: &Arc<NodeSpec>,
         user: &UserSpec,
-        timeout: Duration,
+        options: &backend::ConnectOptions,
     ) -> Result<(ServerConn, Vec<(Vec<u8>, Vec<u8>)>), ConnectError> {
-        let conn = backend::connect(node, user, &[], timeout).await?;
+        let conn = backend::connect_with(node, user, &[], options).await?;
         let now = Instant::now();
         let state = ServerState::new(conn.node.clone(), conn.pid, conn.key);
         let info = Arc::new(ServerInfo {

@@ -33,7 +33,8 @@ pub async fn maintain(
         }
         for pool in pools.all() {
             pool.expire(Instant::now());
-            pool.warm(t.limits.connect_timeout).await;
+            pool.warm(crate::backend::ConnectOptions::from(&t.limits))
+                .await;
         }
     }
 }
@@ -76,7 +77,7 @@ impl Pool {
 
     /// Opens connections until `min_idle` are idle, as long as a lease permit is free (so a
     /// warm-up never takes a place a session is waiting for).
-    async fn warm(self: &Arc<Self>, connect_timeout: Duration) {
+    async fn warm(self: &Arc<Self>, connect: crate::backend::ConnectOptions) {
         if self.retired.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
@@ -92,7 +93,7 @@ impl Pool {
                 return;
             };
             self.lock().open += 1;
-            match ServerConn::open(&self.node, &user, connect_timeout).await {
+            match ServerConn::open(&self.node, &user, &connect).await {
                 Ok((conn, params)) => {
                     self.metrics.logins.inc();
                     let mut inner = self.lock();

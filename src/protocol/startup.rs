@@ -3,8 +3,9 @@
 
 use super::frame::read_cstr;
 
-/// PostgreSQL itself refuses startup packets over 10000 bytes; so do we.
-pub const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest packet, length word included: PostgreSQL's `MAX_STARTUP_PACKET_LENGTH` (10000)
+/// counts the bytes after the length word.
+pub const MAX_STARTUP_LEN: usize = 10_004;
 /// The smallest valid packet: length word + request code.
 pub const MIN_STARTUP_LEN: usize = 8;
 
@@ -31,7 +32,7 @@ pub enum StartupPacket {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartupError {
-    #[error("invalid startup packet length {0}")]
+    #[error("invalid length of startup packet ({0})")]
     BadLength(u32),
     #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     UnsupportedProtocol { major: u16, minor: u16 },
@@ -39,6 +40,30 @@ pub enum StartupError {
     Malformed(&'static str),
     #[error("invalid cancel request key length {0}")]
     BadCancelKey(usize),
+}
+
+impl StartupError {
+    /// Whether the connection is closed without a word, as PostgreSQL does: a length word that
+    /// no startup packet can have (HTTP requests, TLS ClientHellos, a driver's Terminate sent
+    /// before it ever started up) and a cancel request of the wrong size are only logged
+    /// (`COMMERROR`), since whatever sent them does not speak the protocol or expects no
+    /// answer. A packet of a valid length whose content is wrong gets a FATAL ErrorResponse.
+    pub fn closes_silently(&self) -> bool {
+        matches!(
+            self,
+            StartupError::BadLength(_) | StartupError::BadCancelKey(_)
+        )
+    }
+
+    /// The SQLSTATE of the FATAL error PostgreSQL sends for the others.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            StartupError::UnsupportedProtocol { .. } => {
+                crate::error::sqlstate::FEATURE_NOT_SUPPORTED
+            }
+            _ => crate::error::sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
 }
 
 /// Validates the 4-byte length word that opens every startup-phase packet; returns the number
@@ -124,7 +149,12 @@ mod tests {
             (7, false),
             (8, true),
             (10_000, true),
-            (10_001, false),
+            (10_004, true),
+            (10_005, false),
+            // node-postgres' Terminate sent where a startup packet belongs: `X\0\0\0\x04`.
+            (u32::from_be_bytes(*b"X\0\0\0"), false),
+            // An HTTP request.
+            (u32::from_be_bytes(*b"GET "), false),
             (0x8000_0000, false),
         ] {
             assert_eq!(body_len(len.to_be_bytes()).is_ok(), ok, "length {len}");
@@ -189,6 +219,24 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(parse(&input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn which_errors_close_silently_as_postgresql_does() {
+        let cases = [
+            (StartupError::BadLength(4), true, "08P01"),
+            (StartupError::BadCancelKey(1), true, "08P01"),
+            (
+                StartupError::UnsupportedProtocol { major: 2, minor: 0 },
+                false,
+                "0A000",
+            ),
+            (StartupError::Malformed("x"), false, "08P01"),
+        ];
+        for (e, silent, code) in cases {
+            assert_eq!(e.closes_silently(), silent, "{e:?}");
+            assert_eq!(e.sqlstate(), code, "{e:?}");
         }
     }
 

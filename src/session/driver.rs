@@ -269,7 +269,7 @@ pub async fn run(
                     Ok(lease) => install(&mut engine, &mut servers, slot, lease, &mut b, h),
                     Err(e) => {
                         if let AcquireError::Connect(c) = &e {
-                            if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
+                            if c.suggests_node_failure() {
                                 h.hints.cluster(&node.cluster).connect_failed();
                             }
                         }
@@ -403,8 +403,8 @@ fn perform(
                     install(engine, servers, slot, lease, b, h);
                     continue;
                 }
-                let timeout = h.topology.load().limits.connect_timeout;
-                let fut = Box::pin(async move { pool.acquire(timeout).await });
+                let options = crate::backend::ConnectOptions::from(&h.topology.load().limits);
+                let fut = Box::pin(async move { pool.acquire(options).await });
                 *acquiring = Some((slot, node, fut));
             }
             Action::Release { slot, state, reuse } => {

@@ -70,8 +70,12 @@ pub async fn handshake(
                     .with_kind(ErrorKind::ProxyProtocol),
                 );
             }
+            Err(WireError::Startup(e)) if e.closes_silently() => {
+                tracing::debug!(error = %e, "closing a connection that did not send a startup packet");
+                return Outcome::Closed;
+            }
             Err(WireError::Startup(e)) => {
-                return Outcome::Refused(io, protocol_violation(e.to_string()))
+                return Outcome::Refused(io, ClientError::fatal(e.sqlstate(), e.to_string()))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "client left during startup");

@@ -135,9 +135,10 @@ pub async fn greeting(
     let base = match cached {
         Some(p) => p,
         None => {
-            let mut lease = pool.acquire(connect_timeout).await.map_err(|e| {
+            let options = crate::backend::ConnectOptions::from(&h.topology.load().limits);
+            let mut lease = pool.acquire(options).await.map_err(|e| {
                 if let crate::pool::AcquireError::Connect(c) = &e {
-                    if !matches!(c, crate::backend::ConnectError::Rejected { .. }) {
+                    if c.suggests_node_failure() {
                         h.hints.cluster(&node.cluster).connect_failed();
                     }
                 }

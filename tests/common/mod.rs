@@ -98,6 +98,16 @@ pub fn config_yaml(c: &LocalCluster, extra: &str) -> String {
     config_yaml_with(c, "", extra)
 }
 
+/// What the harness's nodes let the proxy answer: its cluster has an MD5 role (`pgm_md5`,
+/// which `raw_login` uses) and a trusted one besides SCRAM roles. The proxy's default is
+/// `[scram-sha-256, none]`; [`strict_auth`] turns this back into it.
+pub const HARNESS_REQUIRE_AUTH: &str = ", require_auth: [scram-sha-256, md5, none]";
+
+/// `yaml` (from [`config_yaml`]) with the nodes' `require_auth` removed: the proxy's default.
+pub fn strict_auth(yaml: &str) -> String {
+    yaml.replace(HARNESS_REQUIRE_AUTH, "")
+}
+
 /// Like [`config_yaml`], with `primary_extra` added to the primary's node entry.
 pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> String {
     let replicas: String = c
@@ -105,7 +115,7 @@ pub fn config_yaml_with(c: &LocalCluster, primary_extra: &str, extra: &str) -> S
         .iter()
         .map(|r| {
             format!(
-                "      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable }}\n",
+                "      - {{ host: 127.0.0.1, port: {}, region: eu-west, tls: disable{HARNESS_REQUIRE_AUTH} }}\n",
                 r.port
             )
         })
@@ -122,7 +132,7 @@ users:
   - {{ name: pgm_trust, password: anything }}
 clusters:
   app:
-    primary: {{ host: 127.0.0.1, port: {}, region: us-east{primary_extra} }}
+    primary: {{ host: 127.0.0.1, port: {}, region: us-east{HARNESS_REQUIRE_AUTH}{primary_extra} }}
     replicas:
 {replicas}{extra}",
         c.primary.port
@@ -366,4 +376,28 @@ pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client 
         let _ = conn.await;
     });
     client
+}
+
+/// Like [`http_get`], with extra request headers.
+pub async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
