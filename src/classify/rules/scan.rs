@@ -6,6 +6,43 @@ use super::super::lexer::{Kind, Lexer, Token};
 use super::super::{Class, PinReason, WriteFunctions};
 use super::{lower, Effect};
 
+/// Catalog views whose answer on a hot standby is not the one clients look for: a standby
+/// lists none of the cluster's prepared transactions (so psycopg's `ROLLBACK PREPARED` loop
+/// reading them there finds nothing); its replication connections and slots are its own; and
+/// the sessions a client looks for in `pg_stat_activity` or `pg_locks` (a `pg_sleep` to cancel,
+/// a lock holder) run their writes, volatile calls and transactions on the primary. A read of
+/// one goes to the primary, as a write does.
+const PRIMARY_STATE: [&[u8]; 5] = [
+    b"pg_prepared_xacts",
+    b"pg_stat_activity",
+    b"pg_locks",
+    b"pg_stat_replication",
+    b"pg_replication_slots",
+];
+
+/// Whether `t`, qualified by `qualifier`, names one of [`PRIMARY_STATE`].
+fn is_primary_state(t: &Token<'_>, qualifier: Option<&[u8]>) -> bool {
+    let Some(name) = t.name() else {
+        return false;
+    };
+    if !(8..=20).contains(&name.len()) || !name[..3].eq_ignore_ascii_case(b"pg_") {
+        return false;
+    }
+    if qualifier.is_some_and(|q| !q.eq_ignore_ascii_case(b"pg_catalog")) {
+        return false;
+    }
+    let mut buf = [0u8; 20];
+    let name = if t.kind == Kind::Ident {
+        match lower(name, &mut buf) {
+            Some(n) => n,
+            None => return false,
+        }
+    } else {
+        name
+    };
+    PRIMARY_STATE.contains(&name)
+}
+
 /// How a scan result is read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -139,6 +176,9 @@ impl<'a> Scan<'a> {
         }
         let after_dot = p1.is_some_and(|p| p.is(Kind::Dot));
         self.qualifier = if after_dot { self.before_dot } else { None };
+        if !self.write && is_primary_state(&t, self.qualifier) {
+            self.write = true;
+        }
         if t.is(Kind::Dot) {
             self.before_dot = p1.and_then(|p| p.name());
         }

@@ -57,3 +57,32 @@ fn volatile_functions_from_the_catalog_are_writes_unless_allowed() {
     assert_eq!(classify("SELECT pg_sleep(10)", &plain).class, R);
     assert_eq!(classify("SELECT my_counter()", &plain).class, R);
 }
+
+#[test]
+fn reads_of_primary_only_state_go_to_the_primary() {
+    let wf = WriteFunctions::default();
+    let cases: &[(&str, Class)] = &[
+        // A standby lists no prepared transactions: psycopg's ROLLBACK PREPARED loop.
+        ("select gid from pg_prepared_xacts where database = $1", W),
+        ("SELECT count(*) FROM PG_CATALOG.PG_PREPARED_XACTS", W),
+        ("SELECT * FROM \"pg_prepared_xacts\"", W),
+        ("SELECT * FROM pg_stat_replication", W),
+        ("SELECT slot_name FROM pg_replication_slots", W),
+        ("WITH a AS (SELECT * FROM pg_prepared_xacts) SELECT 1 FROM a", W),
+        // Quoted names are case-sensitive; other schemas and look-alikes are ordinary.
+        ("SELECT * FROM \"PG_PREPARED_XACTS\"", R),
+        ("SELECT * FROM app.pg_prepared_xacts", R),
+        ("SELECT * FROM pg_prepared_xacts_log", R),
+        ("SELECT 'pg_prepared_xacts', 1", R),
+        // Sessions to look for run their writes and volatile calls on the primary.
+        ("SELECT pid FROM pg_stat_activity WHERE query LIKE $1", W),
+        ("SELECT * FROM pg_locks l JOIN t ON true", W),
+        ("SELECT * FROM pg_catalog.pg_locks", W),
+        ("SELECT * FROM \"PG_LOCKS\"", R),
+        ("SELECT * FROM pg_lockset", R),
+        ("SELECT * FROM pg_stat_user_tables", R),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(classify(sql, &wf).class, *want, "{sql}");
+    }
+}

@@ -18,9 +18,11 @@ fn holdout() -> Vec<(&'static str, Class)> {
         ),
         ("SELECT pg_try_advisory_xact_lock(hashtext('job'))", W),
         ("SELECT lo_export(img, '/tmp/x') FROM images", W),
+        // Was a read; pg_stat_activity goes to the primary since the psycopg suite showed a
+        // monitor connection polling a replica for a pg_sleep that runs on the primary.
         (
             "SELECT * FROM pg_stat_activity WHERE query ILIKE '%for update%'",
-            R,
+            W,
         ),
         ("SELECT setval(pg_get_serial_sequence('t', 'id'), 1)", W),
         (
