@@ -139,7 +139,7 @@ impl Shared {
             health: ArcSwap::from_pointee(Health::default()),
             client_tls,
             scram_plain: scram(config.scram_iterations),
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: Arc::new(CancelRegistry::new(config.instance_id())),
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),

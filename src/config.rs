@@ -2,6 +2,7 @@
 //! lives in `config/validate.rs`; turning a valid config into live state is `topology.rs`.
 
 mod env;
+mod fleet;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use env::{expand, ExpandError};
+pub use fleet::{split_address, InstanceId, Peer};
 pub use validate::{parse_cidr, validate};
 
 /// The database name of the admin console (`psql … pgmeridian`): reserved, no cluster may
@@ -94,6 +96,14 @@ pub struct Config {
     /// change). Each client login costs the client this many HMACs.
     #[serde(default = "default_scram_iterations")]
     pub scram_iterations: u32,
+    /// Which instance of a fleet this is (1..=1023, `${VAR}` is expanded); the cancel keys it
+    /// mints carry it. Restart to change.
+    #[serde(default)]
+    pub instance_id: Option<InstanceId>,
+    /// The fleet's other instances: a CancelRequest with a key one of them minted is forwarded
+    /// to it. An entry with this instance's own id is ignored (one list for the whole fleet).
+    #[serde(default)]
+    pub peers: Vec<Peer>,
 }
 
 fn default_scram_iterations() -> u32 {

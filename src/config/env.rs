@@ -1,5 +1,5 @@
 //! `${VAR}` expansion in the configuration's few expandable fields (region, passwords, node
-//! hosts, the admin token): one file serves a fleet whose deployments differ by
+//! hosts, the admin token, `instance_id` and peer addresses): one file serves a fleet whose deployments differ by
 //! environment. Pure over the `env` lookup it is given; secrets are never quoted in problems.
 
 use super::{Config, Problem};
@@ -17,6 +17,18 @@ impl Config {
                 &mut user.password,
                 &format!("users[{i}].password"),
                 Shown::Never,
+                env,
+                problems,
+            );
+        }
+        if let Some(id) = &mut self.instance_id {
+            expand_field(&mut id.0, "instance_id", Shown::InErrors, env, problems);
+        }
+        for (i, peer) in self.peers.iter_mut().enumerate() {
+            expand_field(
+                &mut peer.address,
+                &format!("peers[{i}].address"),
+                Shown::InErrors,
                 env,
                 problems,
             );
