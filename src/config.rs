@@ -592,6 +592,12 @@ pub struct Limits {
     /// On SIGTERM, sessions get this long to finish their transaction before being closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, `/readyz` answers 503 at once but the proxy keeps accepting this long before
+    /// it drains, so that load balancers' health checks take it out of rotation first and no
+    /// new client meets a closed port (Kubernetes' preStop sleep does the same). 0s: drain at
+    /// once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// TCP keepalive on client and backend sockets: after this long without traffic the kernel
     /// probes the peer, then every third of it (at least 1s); three unanswered probes close the
     /// connection (so a vanished peer is noticed after about twice this). 0s disables.
@@ -615,6 +621,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             max_admin_connections: 64,
             admin_header_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(30),
