@@ -18,6 +18,7 @@ use tokio_postgres::{Client, NoTls};
 pub const APP_PASSWORD: &str = "app-secret";
 pub const MD5_PASSWORD: &str = "md5-secret";
 
+pub mod haproxy;
 pub mod process;
 
 static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
