@@ -1,6 +1,7 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text), `/status` (JSON: every node's
 //! configured and observed state, see `status.rs`), `/healthz` (the process is up) and
-//! `/readyz` (configuration loaded and every cluster has exactly one reachable primary).
+//! `/readyz` (configuration loaded, every cluster has exactly one reachable primary, and no
+//! SIGTERM received: 503 from then on, for load balancers' health checks).
 //!
 //! Exposed to whatever can reach `admin_listen`, so: at most `limits.max_admin_connections`
 //! connections (more are closed when accepted), each request's headers within
@@ -138,6 +139,11 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        "/readyz" if shared.leaving.is_cancelled() || shared.drain.is_cancelled() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            b"shutting down\n".to_vec(),
+        ),
         "/readyz" => {
             let health = shared.health.load();
             let topology = shared.topology.load();

@@ -28,6 +28,8 @@ pub struct Shared {
     /// SCRAM without channel binding, for clients on plain TCP.
     pub scram_plain: ScramServerAuth,
     pub cancels: Arc<CancelRegistry>,
+    /// SIGTERM arrived: `/readyz` answers 503; `drain` follows after `limits.shutdown_delay`.
+    pub leaving: CancellationToken,
     /// Stop accepting; sessions close once idle.
     pub drain: CancellationToken,
     /// Close every session now.
@@ -139,7 +141,8 @@ impl Shared {
             health: ArcSwap::from_pointee(Health::default()),
             client_tls,
             scram_plain: scram(config.scram_iterations),
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: Arc::new(CancelRegistry::new(config.instance_id())),
+            leaving: CancellationToken::new(),
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             clients: AtomicUsize::new(0),
@@ -368,10 +371,7 @@ async fn signals(shared: Arc<Shared>, path: PathBuf) {
     };
     loop {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: draining (sessions finish their transaction, then close)");
-                shared.drain.cancel();
-            }
+            _ = term.recv() => terminate(&shared),
             _ = int.recv() => {
                 tracing::info!("SIGINT: closing all sessions now");
                 shared.drain.cancel();
@@ -383,6 +383,37 @@ async fn signals(shared: Arc<Shared>, path: PathBuf) {
             }
         }
     }
+}
+
+/// SIGTERM: `/readyz` turns 503 at once, so that balancers stop sending clients here; after
+/// `limits.shutdown_delay` (still accepting meanwhile) the drain starts: no new clients,
+/// sessions finish their transaction, then close. A second SIGTERM drains at once.
+fn terminate(shared: &Arc<Shared>) {
+    if shared.leaving.is_cancelled() {
+        tracing::info!("SIGTERM again: draining now");
+        shared.drain.cancel();
+        return;
+    }
+    shared.leaving.cancel();
+    let delay = shared.topology.load().limits.shutdown_delay;
+    if delay.is_zero() {
+        tracing::info!("SIGTERM: draining (sessions finish their transaction, then close)");
+        shared.drain.cancel();
+        return;
+    }
+    tracing::info!(
+        ?delay,
+        "SIGTERM: /readyz answers 503; accepting for limits.shutdown_delay, then draining"
+    );
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.drain.cancelled() => return,
+        }
+        tracing::info!("draining (sessions finish their transaction, then close)");
+        shared.drain.cancel();
+    });
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -460,10 +460,7 @@ pub async fn send_cancel(
     let work = async {
         let mut stream = open_stream(node).await?;
         let mut buf = BytesMut::with_capacity(16);
-        buf.put_u32(16);
-        buf.put_u32(80877102);
-        buf.put_i32(pid);
-        buf.put_i32(key);
+        crate::protocol::encode::cancel_request(&mut buf, pid, &key.to_be_bytes());
         let fail = |e: std::io::Error| ConnectError::Unreachable {
             node: node.to_string(),
             reason: e.to_string(),

@@ -1,11 +1,19 @@
 //! Proxy-minted cancel keys. Each session gets its own (pid, key) to hand the client; a
 //! CancelRequest carrying it is forwarded to the backend running that session's work.
-//! A wrong key is ignored (no answer, as PostgreSQL does).
+//! A wrong key is ignored (no answer, as PostgreSQL does). The pid names the instance that
+//! minted it (`key.rs`), so that a fleet's instances forward each other's requests
+//! (`forward.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::topology::NodeSpec;
+
+pub mod forward;
+pub mod key;
+
+pub use forward::Peer;
+pub use key::MAX_INSTANCE_ID;
 
 /// Where a session's in-flight work runs: the node and that backend's own key.
 #[derive(Clone)]
@@ -28,8 +36,11 @@ struct Target {
     cancelled: Vec<i32>,
 }
 
+/// The live sessions' keys. `Default` is a lone proxy's registry (instance 0).
 #[derive(Default)]
 pub struct CancelRegistry {
+    /// `instance_id`, carried in every pid minted here (0: not part of a fleet).
+    instance: u16,
     sessions: Mutex<HashMap<i32, Arc<Entry>>>,
 }
 
@@ -42,13 +53,26 @@ pub struct CancelHandle {
 }
 
 impl CancelRegistry {
-    /// Mints a fresh, unused (pid, key) pair for a new session.
+    /// The registry of fleet instance `instance` (1..=[`MAX_INSTANCE_ID`], or 0 alone).
+    pub fn new(instance: u16) -> CancelRegistry {
+        CancelRegistry {
+            instance,
+            sessions: Mutex::default(),
+        }
+    }
+
+    /// The instance id its pids carry.
+    pub fn instance(&self) -> u16 {
+        self.instance
+    }
+
+    /// Mints a fresh, unused (pid, key) pair for a new session: the pid carries this
+    /// instance's id and random bits (see [`key::mint`]), the key is 32 random bits.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let pid = loop {
-            // Positive like a real PID, so tools that print it are not confused.
-            let pid = (rand::random::<u32>() >> 1) as i32;
-            if pid != 0 && !sessions.contains_key(&pid) {
+            let pid = key::mint(self.instance, rand::random());
+            if !sessions.contains_key(&pid) {
                 break pid;
             }
         };
@@ -66,7 +90,8 @@ impl CancelRegistry {
     }
 
     /// The target for a CancelRequest, if the pid is live and the key matches; the target is
-    /// marked as cancelled (see [`CancelHandle::release_target`]).
+    /// marked as cancelled (see [`CancelHandle::release_target`]). `pid` as minted (without
+    /// the forwarded mark).
     pub fn lookup(&self, pid: i32, key: &[u8]) -> Option<CancelTarget> {
         let entry = self
             .sessions

@@ -1,6 +1,8 @@
 //! The YAML configuration file: its typed shape, `${ENV}` expansion and loading. Validation
 //! lives in `config/validate.rs`; turning a valid config into live state is `topology.rs`.
 
+mod env;
+mod fleet;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -9,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use env::{expand, ExpandError};
+pub use fleet::{split_address, InstanceId, Peer};
 pub use validate::{parse_cidr, validate};
 
 /// The database name of the admin console (`psql … pgmeridian`): reserved, no cluster may
@@ -92,6 +96,14 @@ pub struct Config {
     /// change). Each client login costs the client this many HMACs.
     #[serde(default = "default_scram_iterations")]
     pub scram_iterations: u32,
+    /// Which instance of a fleet this is (1..=1023, `${VAR}` is expanded); the cancel keys it
+    /// mints carry it. Restart to change.
+    #[serde(default)]
+    pub instance_id: Option<InstanceId>,
+    /// The fleet's other instances: a CancelRequest with a key one of them minted is forwarded
+    /// to it. An entry with this instance's own id is ignored (one list for the whole fleet).
+    #[serde(default)]
+    pub peers: Vec<Peer>,
 }
 
 fn default_scram_iterations() -> u32 {
@@ -580,6 +592,12 @@ pub struct Limits {
     /// On SIGTERM, sessions get this long to finish their transaction before being closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, `/readyz` answers 503 at once but the proxy keeps accepting this long before
+    /// it drains, so that load balancers' health checks take it out of rotation first and no
+    /// new client meets a closed port (Kubernetes' preStop sleep does the same). 0s: drain at
+    /// once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// TCP keepalive on client and backend sockets: after this long without traffic the kernel
     /// probes the peer, then every third of it (at least 1s); three unanswered probes close the
     /// connection (so a vanished peer is noticed after about twice this). 0s disables.
@@ -603,6 +621,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             max_admin_connections: 64,
             admin_header_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(30),
@@ -639,42 +658,6 @@ impl Config {
         })?;
         Config::from_yaml(&text, &|name| std::env::var(name).ok())
     }
-
-    fn expand_env(&mut self, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
-        // One file for a fleet: each deployment says where it runs (Kubernetes: an env var).
-        expand_field(&mut self.region, "region", Shown::InErrors, env, problems);
-        for (i, user) in self.users.iter_mut().enumerate() {
-            expand_field(
-                &mut user.password,
-                &format!("users[{i}].password"),
-                Shown::Never,
-                env,
-                problems,
-            );
-        }
-        if let Some(token) = &mut self.admin_token {
-            expand_field(&mut token.0, "admin_token", Shown::Never, env, problems);
-        }
-        for (name, cluster) in &mut self.clusters {
-            let prefix = format!("clusters.{name}");
-            expand_field(
-                &mut cluster.primary.host,
-                &format!("{prefix}.primary.host"),
-                Shown::InErrors,
-                env,
-                problems,
-            );
-            for (i, node) in cluster.replicas.iter_mut().enumerate() {
-                expand_field(
-                    &mut node.host,
-                    &format!("{prefix}.replicas[{i}].host"),
-                    Shown::InErrors,
-                    env,
-                    problems,
-                );
-            }
-        }
-    }
 }
 
 /// serde_norway errors already carry the YAML path and line; keep the path as ours.
@@ -684,103 +667,6 @@ fn yaml_problem(e: &serde_norway::Error) -> Problem {
         Some((path, rest)) if !path.contains(' ') => Problem::new(path, rest),
         _ => Problem::new("", text),
     }
-}
-
-/// Whether a field's text may appear in a problem about it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Shown {
-    InErrors,
-    /// A secret: problems describe it without quoting any of it.
-    Never,
-}
-
-fn expand_field(
-    value: &mut String,
-    path: &str,
-    shown: Shown,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-) {
-    match expand(value, env) {
-        Ok(expanded) => *value = expanded,
-        Err(e) => {
-            let message = match shown {
-                Shown::InErrors => e.describe(value),
-                Shown::Never => e.describe_secret(value),
-            };
-            problems.push(Problem::new(path, message));
-        }
-    }
-}
-
-/// Why `${…}` expansion failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExpandError {
-    /// A `${` without its `}`.
-    Unterminated,
-    /// `${…}` around something that is not a variable name.
-    BadName(String),
-    /// A variable that is not set.
-    Unset(String),
-}
-
-impl ExpandError {
-    /// The problem, quoting the field's text `input` where that helps.
-    pub fn describe(&self, input: &str) -> String {
-        match self {
-            ExpandError::Unterminated => format!("unterminated ${{ in {input:?}"),
-            ExpandError::BadName(name) => format!("invalid environment variable name {name:?}"),
-            ExpandError::Unset(name) => format!("environment variable {name} is not set"),
-        }
-    }
-
-    /// The problem for a secret (a password): nothing of `input` is quoted, except the variable
-    /// name of a field that is exactly one `${NAME}` reference.
-    pub fn describe_secret(&self, input: &str) -> String {
-        const LITERAL: &str = "the value is not shown; write $${ for a literal ${";
-        match self {
-            ExpandError::Unset(name) if input == format!("${{{name}}}") => {
-                format!("environment variable {name} is not set")
-            }
-            ExpandError::Unset(_) => {
-                format!("refers to an environment variable that is not set ({LITERAL})")
-            }
-            ExpandError::Unterminated => format!("unterminated ${{ ({LITERAL})"),
-            ExpandError::BadName(_) => {
-                format!(
-                    "${{…}} around something that is not an environment variable name ({LITERAL})"
-                )
-            }
-        }
-    }
-}
-
-/// Replaces each `${NAME}` with the variable's value; `$${` stands for a literal `${`.
-pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        if let Some(after) = rest.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after.find('}').ok_or(ExpandError::Unterminated)?;
-            let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(ExpandError::BadName(name.to_owned()));
-            }
-            let value = env(name).ok_or_else(|| ExpandError::Unset(name.to_owned()))?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        } else {
-            out.push('$');
-            rest = &rest[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// The live topology's generation (1 at start, +1 per applied reload).
     pub config_generation: IntGauge,
+    /// CancelRequests received, by what became of them (`cancel::forward::Outcome`).
+    pub cancel_requests: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -196,6 +198,15 @@ impl Metrics {
         for result in ["applied", "rejected", "unchanged"] {
             config_reloads.with_label_values(&[result]);
         }
+        let cancel_requests = counter(
+            &registry,
+            "cancel_requests_total",
+            "CancelRequests received, by result: backend (sent to the backend running the query), backend_failed, no_target (unknown key, or nothing running), peer (forwarded to the fleet instance that minted the key), peer_failed, unknown_instance (minted by an instance not among peers: dropped), loop (forwarded here by a peer for another instance: dropped).",
+            &["result"],
+        );
+        for outcome in crate::cancel::forward::Outcome::ALL {
+            cancel_requests.with_label_values(&[outcome.as_str()]);
+        }
         Metrics {
             batch_duration,
             batch_duration_by_target,
@@ -245,6 +256,7 @@ impl Metrics {
             pin_after_write,
             errors,
             config_reloads,
+            cancel_requests,
             config_generation: int_gauge(
                 &registry,
                 "config_generation",

@@ -13,6 +13,12 @@ use tokio::net::TcpStream;
 /// The v2 signature. (A v1 header starts with `PROXY `.) Neither can begin a PostgreSQL
 /// startup packet: read as its length, each is far beyond any valid one.
 pub const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// A whole v2 header with the `LOCAL` command (no addresses: the connection stands for
+/// itself), which this proxy sends before a CancelRequest it forwards to a peer that expects a
+/// header from it (`peers[].proxy_protocol`).
+pub const V2_LOCAL: [u8; 16] = [
+    b'\r', b'\n', b'\r', b'\n', 0, b'\r', b'\n', b'Q', b'U', b'I', b'T', b'\n', 0x20, 0x00, 0, 0,
+];
 /// The largest v2 header (16 fixed bytes and a 16-bit payload length).
 const MAX_HEADER: usize = 16 + u16::MAX as usize;
 
@@ -188,6 +194,14 @@ mod tests {
             (
                 "v2 local keeps the peer",
                 v2(0, 0x00, &[]),
+                Parsed::Complete {
+                    client: None,
+                    len: 16,
+                },
+            ),
+            (
+                "our own v2 local",
+                V2_LOCAL.to_vec(),
                 Parsed::Complete {
                     client: None,
                     len: 16,

@@ -25,6 +25,7 @@ struct StartOnly {
     workers: Option<usize>,
     scram_iterations: u32,
     admin_token: Option<crate::config::Secret>,
+    instance_id: u16,
 }
 
 impl StartOnly {
@@ -42,6 +43,7 @@ impl StartOnly {
             workers: c.workers,
             scram_iterations: c.scram_iterations,
             admin_token: c.admin_token.clone(),
+            instance_id: c.instance_id(),
         }
     }
 }
@@ -150,6 +152,7 @@ async fn apply(
                 started.scram_iterations != now.scram_iterations,
             ),
             ("admin_token", started.admin_token != now.admin_token),
+            ("instance_id", started.instance_id != now.instance_id),
         ] {
             if changed {
                 tracing::warn!(
@@ -202,6 +205,9 @@ pub fn describe_changes(old: &Topology, new: &Topology) -> String {
         if oc.allowed_regions != nc.allowed_regions {
             parts.push(format!("{name}: allowed_regions changed"));
         }
+    }
+    if old.peers != new.peers {
+        parts.push("peers changed".to_owned());
     }
     if parts.is_empty() {
         "no topology change (policies, users or limits may have changed)".to_owned()

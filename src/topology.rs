@@ -36,6 +36,9 @@ pub struct Topology {
     /// Peers whose connections start with a PROXY header; empty: PROXY protocol off.
     pub proxy_trusted: Vec<ipnet::IpNet>,
     pub geoip: Option<PathBuf>,
+    /// The fleet's other instances, for CancelRequests their keys name (`peers`, without this
+    /// instance's own entry).
+    pub peers: Vec<crate::cancel::Peer>,
     /// Iterations of the client SCRAM verifiers (fixed at start: the SCRAM state machines are).
     pub scram_iterations: u32,
 }
@@ -331,6 +334,7 @@ impl Topology {
                 .filter_map(|t| crate::config::parse_cidr(t).ok())
                 .collect(),
             geoip: config.geoip.as_ref().map(|g| g.database.clone()),
+            peers: config.other_peers(),
             scram_iterations,
         })
     }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench), promtool and
-# the Kubernetes schema validators are there, installing them when missing, then checks formatting
-# and lints and runs every test against real servers. A test that needs PostgreSQL or promtool
-# fails if it is missing.
+# The whole test suite, as CI runs it: makes sure PostgreSQL (server, psql, pgbench), promtool,
+# HAProxy and the Kubernetes schema validators are there, installing them when missing, then
+# checks formatting and lints and runs every test against real servers. A test that needs
+# PostgreSQL, promtool or HAProxy fails if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,18 @@ if ! command -v promtool >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   else
     echo "tests/run.sh: promtool not found (Debian/Ubuntu: sudo apt-get install prometheus)." >&2
+    exit 1
+  fi
+fi
+
+# tests/fleet.rs puts HAProxy (TCP mode, send-proxy-v2, /readyz checks) in front of two proxies.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "tests/run.sh: haproxy not found; installing the haproxy package"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+  else
+    echo "tests/run.sh: haproxy not found (Debian/Ubuntu: sudo apt-get install haproxy)." >&2
     exit 1
   fi
 fi

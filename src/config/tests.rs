@@ -26,6 +26,8 @@ fn env(name: &str) -> Option<String> {
         "APP_PASSWORD" => Some("s3cret".into()),
         "EMPTY" => Some(String::new()),
         "POD_REGION" => Some("eu-west".into()),
+        "POD_ORDINAL" => Some("3".into()),
+        "PEER_HOST" => Some("pgmeridian-1.pgmeridian".into()),
         _ => None,
     }
 }
@@ -506,4 +508,84 @@ fn descriptors_needed_counts_clients_pools_probes_and_admin() {
         c.descriptors_needed(),
         base.descriptors_needed() + 2 * 50 + 1
     );
+}
+
+#[test]
+fn fleet_keys_table() {
+    let with = |extra: &str| format!("{VALID}{extra}");
+    // (extra YAML, the problems expected: each the start of one problem)
+    let cases: &[(&str, &[&str])] = &[
+        ("", &[]),
+        ("instance_id: 1\n", &[]),
+        ("instance_id: \"${POD_ORDINAL}\"\n", &[]),
+        (
+            "instance_id: 2\npeers:\n  - { id: 1, address: 10.0.0.11:6432 }\n  - { id: 2, address: 10.0.0.12:6432 }\n  - { id: 3, address: \"${PEER_HOST}:6432\", proxy_protocol: true }\n  - { id: 4, address: \"[2001:db8::4]:6432\" }\n",
+            &[],
+        ),
+        ("instance_id: 0\n", &["instance_id: must be a number from 1 to 1023, not \"0\""]),
+        ("instance_id: 1024\n", &["instance_id: must be a number from 1 to 1023"]),
+        ("instance_id: -1\n", &["instance_id: must be a number from 1 to 1023"]),
+        ("instance_id: one\n", &["instance_id: must be a number from 1 to 1023, not \"one\""]),
+        ("instance_id: \"${NO_ORDINAL}\"\n", &["instance_id: environment variable NO_ORDINAL is not set", "instance_id: must be a number from 1 to 1023, not \"${NO_ORDINAL}\""]),
+        (
+            "peers:\n  - { id: 2, address: 10.0.0.12:6432 }\n",
+            &["instance_id: is required with `peers`"],
+        ),
+        (
+            "instance_id: 1\npeers:\n  - { id: 2, address: 10.0.0.12:6432 }\n  - { id: 2, address: 10.0.0.13:6432 }\n",
+            &["peers[1].id: instance 2 is listed twice (also peers[0])"],
+        ),
+        (
+            "instance_id: 1\npeers:\n  - { id: 2, address: 10.0.0.12:6432 }\n  - { id: 3, address: 10.0.0.12:6432 }\n",
+            &["peers[1].address: \"10.0.0.12:6432\" is also the address of peers[0]"],
+        ),
+        (
+            "instance_id: 1\npeers:\n  - { id: 0, address: 10.0.0.12:6432 }\n  - { id: 2000, address: 10.0.0.13:6432 }\n",
+            &["peers[0].id: must be a number from 1 to 1023", "peers[1].id: must be a number from 1 to 1023"],
+        ),
+        (
+            "instance_id: 1\npeers:\n  - { id: 2, address: 10.0.0.12 }\n  - { id: 3, address: \"2001:db8::4:6432\" }\n  - { id: 4, address: \"a b:6432\" }\n  - { id: 5, address: \"host:0\" }\n  - { id: 6, address: \"${NOPE}:6432\" }\n",
+            &[
+                "peers[0].address: \"10.0.0.12\" is not host:port",
+                "peers[1].address: \"2001:db8::4:6432\" is not host:port",
+                "peers[2].address: \"a b:6432\" is not host:port",
+                "peers[3].address: \"host:0\": the port must be 1-65535",
+                "peers[4].address: environment variable NOPE is not set",
+                "peers[4].address: \"${NOPE}:6432\" is not host:port",
+            ],
+        ),
+        (
+            "instance_id: 1\npeers:\n  - { id: 2, addr: 10.0.0.12:6432 }\n",
+            &["peers[0]: unknown field `addr`"],
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = problems(&with(extra));
+        assert_eq!(got.len(), want.len(), "{extra}\n{got:#?}");
+        for w in *want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "{extra}\nwant: {w}\n got: {got:#?}"
+            );
+        }
+    }
+    let c = Config::from_yaml(&with(cases[3].0), &env).unwrap();
+    assert_eq!(c.instance_id(), 2);
+    let peers = c.other_peers();
+    let summary: Vec<(u16, &str, u16, bool)> = peers
+        .iter()
+        .map(|p| (p.id, p.host.as_str(), p.port, p.proxy_protocol))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "10.0.0.11", 6432, false),
+            (3, "pgmeridian-1.pgmeridian", 6432, true),
+            (4, "2001:db8::4", 6432, false),
+        ],
+        "its own entry (id 2) is left out"
+    );
+    let ordinal = Config::from_yaml(&with(cases[2].0), &env).unwrap();
+    assert_eq!(ordinal.instance_id(), 3);
+    assert_eq!(Config::from_yaml(VALID, &env).unwrap().instance_id(), 0);
 }

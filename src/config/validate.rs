@@ -224,6 +224,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("must be between 1 and {MAX_SCRAM_ITERATIONS}"),
         ));
     }
+    super::fleet::check(config, &mut p);
     check_pooling(&config.pooling, "pooling", &mut p);
     for (name, c) in &config.clusters {
         if let Some(pooling) = &c.pooling {

@@ -1,5 +1,5 @@
 //! Messages the proxy itself originates (authentication, key data, ParameterStatus,
-//! ReadyForQuery, ErrorResponse, and the result sets of the admin console), encoded with
+//! ReadyForQuery, ErrorResponse, CancelRequest, and the admin console's result sets), encoded with
 //! pgwire's message types or by hand where the layout is trivial.
 
 use bytes::{BufMut, BytesMut};
@@ -22,6 +22,15 @@ pub fn auth(buf: &mut BytesMut, auth: Authentication) {
 
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, key: i32) {
     put(buf, &BackendKeyData::new(pid, SecretKey::I32(key)));
+}
+
+/// A CancelRequest (an untagged startup-phase packet): what a client sends, and what this proxy
+/// sends a backend or a peer instance on its behalf.
+pub fn cancel_request(buf: &mut BytesMut, pid: i32, key: &[u8]) {
+    buf.put_u32(12 + key.len() as u32);
+    buf.put_u32(80877102);
+    buf.put_i32(pid);
+    buf.put_slice(key);
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: TxnStatus) {

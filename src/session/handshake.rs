@@ -13,7 +13,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::Shared;
 use crate::auth::{self, AuthError};
-use crate::backend;
 use crate::classify::ClientEncoding;
 use crate::error::{sqlstate, ClientError, ErrorKind};
 use crate::geo::geoip::Lookup;
@@ -115,7 +114,7 @@ pub async fn handshake(
                 }
             }
             StartupPacket::Cancel { pid, key } => {
-                forward_cancel(shared, pid, &key).await;
+                crate::cancel::forward::handle(shared, pid, &key).await;
                 return Outcome::Closed;
             }
             StartupPacket::Startup { minor, params } => break (minor, params),
@@ -353,17 +352,5 @@ async fn start_tls(mut io: MessageIo<Stream>, acceptor: &TlsAcceptor) -> Option<
             tracing::debug!(error = %e, "client TLS handshake failed");
             None
         }
-    }
-}
-
-async fn forward_cancel(shared: &Shared, pid: i32, key: &[u8]) {
-    let Some(target) = shared.cancels.lookup(pid, key) else {
-        tracing::debug!("ignoring a CancelRequest with an unknown key");
-        return;
-    };
-    let timeout = shared.topology.load().limits.connect_timeout;
-    match backend::send_cancel(&target.node, target.pid, target.key, timeout).await {
-        Ok(()) => tracing::debug!(node = %target.node, "forwarded a CancelRequest"),
-        Err(e) => tracing::warn!(error = %e, "could not forward a CancelRequest"),
     }
 }

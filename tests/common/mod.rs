@@ -18,6 +18,7 @@ use tokio_postgres::{Client, NoTls};
 pub const APP_PASSWORD: &str = "app-secret";
 pub const MD5_PASSWORD: &str = "md5-secret";
 
+pub mod haproxy;
 pub mod process;
 
 static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
@@ -238,6 +239,11 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
 
 /// Logs in as the MD5 user over a raw socket and returns the socket, ready for queries.
 pub async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
+    raw_login_keyed(addr).await.0
+}
+
+/// Like [`raw_login`], also returning the session's cancel key (BackendKeyData: pid, key).
+pub async fn raw_login_keyed(addr: std::net::SocketAddr) -> (TcpStream, i32, i32) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&startup_packet(&[("user", "pgm_md5"), ("database", "app")]))
         .await
@@ -255,10 +261,18 @@ pub async fn raw_login(addr: std::net::SocketAddr) -> TcpStream {
     s.write_all(&msg).await.unwrap();
     // Read through ReadyForQuery.
     let mut buf = bytes::BytesMut::new();
+    let mut keys = (0, 0);
     loop {
         while let Some(m) = frame::split_message(&mut buf, 1 << 20).unwrap() {
             if m[0] == b'Z' {
-                return s;
+                return (s, keys.0, keys.1);
+            }
+            if m[0] == b'K' {
+                let body = frame::body(&m);
+                keys = (
+                    i32::from_be_bytes(body[0..4].try_into().unwrap()),
+                    i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                );
             }
             assert_ne!(
                 m[0],

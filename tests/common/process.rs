@@ -59,6 +59,23 @@ impl ProxyProcess {
         }
     }
 
+    /// Sends SIGTERM (the graceful drain).
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {}", self.pid);
+    }
+
+    /// Waits (`within` at most) until the process has exited; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("pgmeridian (pid {}) still runs after {within:?}", self.pid))
+            .expect("wait for pgmeridian")
+    }
+
     /// Resident memory of the proxy process, in bytes.
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))

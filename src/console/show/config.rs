@@ -12,6 +12,7 @@ const RESTART_ONLY: &[&str] = &[
     "workers",
     "scram_iterations",
     "log_format",
+    "instance_id",
 ];
 
 fn restart_only(key: &str) -> bool {
