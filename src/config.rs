@@ -104,6 +104,11 @@ pub struct Config {
     /// to it. An entry with this instance's own id is ignored (one list for the whole fleet).
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Addresses (`10.0.0.0/8`, `192.0.2.7`) besides the peers' own and
+    /// `proxy_protocol.trusted` whose CancelRequests for a peer's key are forwarded: clients
+    /// that reach the instances directly (a Kubernetes Service without PROXY protocol).
+    #[serde(default)]
+    pub cancel_forward_from: Vec<String>,
 }
 
 fn default_scram_iterations() -> u32 {

@@ -39,6 +39,9 @@ pub struct Topology {
     /// The fleet's other instances, for CancelRequests their keys name (`peers`, without this
     /// instance's own entry).
     pub peers: Vec<crate::cancel::Peer>,
+    /// Whose CancelRequests for a peer's key are forwarded, besides the peers' own addresses
+    /// and `proxy_trusted` (`cancel_forward_from`).
+    pub cancel_forward_from: Vec<ipnet::IpNet>,
     /// Iterations of the client SCRAM verifiers (fixed at start: the SCRAM state machines are).
     pub scram_iterations: u32,
 }
@@ -335,6 +338,11 @@ impl Topology {
                 .collect(),
             geoip: config.geoip.as_ref().map(|g| g.database.clone()),
             peers: config.other_peers(),
+            cancel_forward_from: config
+                .cancel_forward_from
+                .iter()
+                .filter_map(|t| crate::config::parse_cidr(t).ok())
+                .collect(),
             scram_iterations,
         })
     }

@@ -1,7 +1,8 @@
 //! Cancel across the instances of a fleet (`instance_id`, `peers`): a CancelRequest that lands on
 //! another instance than the one running the query is forwarded to it and cancels the query;
-//! one for an instance outside `peers`, or one a peer already forwarded, goes nowhere (also
-//! when two instances' `peers` lists disagree and would otherwise bounce it between them).
+//! one for an instance outside `peers`, one from an address that is neither a peer's nor a
+//! trusted balancer's, or one a peer already forwarded, goes nowhere (also when two instances'
+//! `peers` lists disagree and would otherwise bounce it between them).
 
 mod common;
 
@@ -45,7 +46,14 @@ fn free_port() -> SocketAddr {
 /// Sends a CancelRequest to `to` and waits until that instance closes the connection, which it
 /// does once it has acted on it (forwarding included).
 async fn send_cancel(to: SocketAddr, pid: i32, key: i32) {
-    let mut s = TcpStream::connect(to).await.unwrap();
+    send_cancel_from(to, "127.0.0.1".parse().unwrap(), pid, key).await
+}
+
+/// [`send_cancel`] from the loopback address `source`.
+async fn send_cancel_from(to: SocketAddr, source: std::net::IpAddr, pid: i32, key: i32) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
     let mut packet = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
     packet.extend_from_slice(&pid.to_be_bytes());
     packet.extend_from_slice(&key.to_be_bytes());
@@ -159,6 +167,11 @@ async fn cancels_go_only_to_peers_and_only_once() {
     session.write_all(&query(sql)).await.unwrap();
     wait_running(sql).await;
 
+    // From an address that is no peer's (the peers are on 127.0.0.1), no trusted balancer and
+    // not in cancel_forward_from: B forwards nothing.
+    send_cancel_from(b.addr, "127.0.0.2".parse().unwrap(), pid, secret).await;
+    assert_eq!(cancels(&b, "refused_source"), 1.0);
+    assert_eq!(all_cancels(&c), 0.0, "nothing was forwarded");
     // Minted by instance 4, which nobody lists: dropped by B, sent nowhere.
     let other = (pid & !(0x3FF << 20)) | (4 << 20);
     send_cancel(b.addr, other, secret).await;
@@ -173,7 +186,7 @@ async fn cancels_go_only_to_peers_and_only_once() {
     assert_eq!(cancels(&c, "loop"), 1.0);
     assert_eq!(
         all_cancels(&b),
-        3.0,
+        4.0,
         "B saw each request once: no ping-pong"
     );
     assert_eq!(all_cancels(&c), 1.0);

@@ -5,8 +5,11 @@
 //!
 //! Not an open relay: a request is only ever sent to a backend of the topology or to an
 //! address in `peers`, at most once per request (a forwarded request carries a mark and is never
-//! forwarded again), and it is the 16-byte CancelRequest the client sent, nothing more.
+//! forwarded again), and it is the 16-byte CancelRequest the client sent, nothing more; and a
+//! request for a peer's key is forwarded only when it comes from a peer's address, a trusted
+//! balancer (`proxy_protocol.trusted`) or `cancel_forward_from`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::key::{self, Route};
 use crate::app::Shared;
+use crate::topology::Topology;
 
 /// Another instance of the fleet (`peers[]`), as the topology holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +56,12 @@ pub enum Outcome {
     UnknownInstance,
     /// Forwarded here by a peer, but minted by another instance: sent nowhere.
     Loop,
+    /// For a peer, but from an address that may not have requests forwarded: sent nowhere.
+    RefusedSource,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Backend,
         Outcome::BackendFailed,
         Outcome::NoTarget,
@@ -63,6 +69,7 @@ impl Outcome {
         Outcome::PeerFailed,
         Outcome::UnknownInstance,
         Outcome::Loop,
+        Outcome::RefusedSource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,12 +81,42 @@ impl Outcome {
             Outcome::PeerFailed => "peer_failed",
             Outcome::UnknownInstance => "unknown_instance",
             Outcome::Loop => "loop",
+            Outcome::RefusedSource => "refused_source",
         }
     }
 }
 
-/// Acts on a CancelRequest for (`pid`, `key`) and counts what became of it.
-pub async fn handle(shared: &Shared, pid: i32, key: &[u8]) -> Outcome {
+/// Whether a CancelRequest that came over a connection from `via` (the TCP peer: a balancer,
+/// another instance or the client itself) may be forwarded to a peer: `via` is one of the
+/// peers' addresses (a name is resolved), a trusted balancer or in `cancel_forward_from`.
+async fn may_forward(via: Option<IpAddr>, topology: &Topology) -> bool {
+    let Some(via) = via.map(|ip| ip.to_canonical()) else {
+        return false;
+    };
+    if crate::proxy_protocol::is_trusted(via, &topology.proxy_trusted)
+        || crate::proxy_protocol::is_trusted(via, &topology.cancel_forward_from)
+    {
+        return true;
+    }
+    for peer in &topology.peers {
+        match peer.host.parse::<IpAddr>() {
+            Ok(ip) if ip.to_canonical() == via => return true,
+            Ok(_) => {}
+            Err(_) => {
+                if let Ok(addrs) = tokio::net::lookup_host((peer.host.as_str(), peer.port)).await {
+                    if addrs.into_iter().any(|a| a.ip().to_canonical() == via) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Acts on a CancelRequest for (`pid`, `key`) that came over a connection from `via` (the TCP
+/// peer, before any PROXY header) and counts what became of it.
+pub async fn handle(shared: &Shared, pid: i32, key: &[u8], via: Option<IpAddr>) -> Outcome {
     let topology = shared.topology.load_full();
     let timeout = topology.limits.connect_timeout;
     let outcome = match key::route(pid, shared.cancels.instance(), &topology.peers) {
@@ -103,6 +140,11 @@ pub async fn handle(shared: &Shared, pid: i32, key: &[u8]) -> Outcome {
                 }
             }
         },
+        Route::Peer(peer, _) if !may_forward(via, &topology).await => {
+            // Debug only, as below: anyone can send these.
+            tracing::debug!(%peer, ?via, "not forwarding a CancelRequest from an address that is neither a peer, a trusted balancer nor in cancel_forward_from");
+            Outcome::RefusedSource
+        }
         Route::Peer(peer, pid) => match send_to_peer(peer, pid, key, timeout).await {
             Ok(()) => {
                 tracing::debug!(%peer, "forwarded a CancelRequest to the instance that minted its key");

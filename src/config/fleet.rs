@@ -131,6 +131,11 @@ pub(super) fn check(config: &super::Config, p: &mut Vec<Problem>) {
         )),
         _ => {}
     }
+    for (i, t) in config.cancel_forward_from.iter().enumerate() {
+        if let Err(e) = super::parse_cidr(t) {
+            p.push(Problem::new(format!("cancel_forward_from[{i}]"), e));
+        }
+    }
     let mut ids: HashMap<u16, usize> = HashMap::new();
     let mut addresses: HashMap<(String, u16), usize> = HashMap::new();
     for (i, peer) in config.peers.iter().enumerate() {

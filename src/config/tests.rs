@@ -522,6 +522,8 @@ fn fleet_keys_table() {
             "instance_id: 2\npeers:\n  - { id: 1, address: 10.0.0.11:6432 }\n  - { id: 2, address: 10.0.0.12:6432 }\n  - { id: 3, address: \"${PEER_HOST}:6432\", proxy_protocol: true }\n  - { id: 4, address: \"[2001:db8::4]:6432\" }\n",
             &[],
         ),
+        ("cancel_forward_from: [10.0.0.0/8, 192.0.2.7, \"::1\"]\n", &[]),
+        ("cancel_forward_from: [10.0.0.0/33, nowhere]\n", &["cancel_forward_from[0]:", "cancel_forward_from[1]:"]),
         ("instance_id: 0\n", &["instance_id: must be a number from 1 to 1023, not \"0\""]),
         ("instance_id: 1024\n", &["instance_id: must be a number from 1 to 1023"]),
         ("instance_id: -1\n", &["instance_id: must be a number from 1 to 1023"]),

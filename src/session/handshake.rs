@@ -54,6 +54,8 @@ pub async fn handshake(
     client: SocketAddr,
     shared: &Shared,
 ) -> Outcome {
+    // The connection's own peer (a balancer, another instance, or the client itself).
+    let via = tcp.peer_addr().ok().map(|a| a.ip());
     let mut io = MessageIo::new(Stream::Plain(tcp));
     io.rbuf.unsplit(early);
     let (minor, mut params) = loop {
@@ -114,7 +116,7 @@ pub async fn handshake(
                 }
             }
             StartupPacket::Cancel { pid, key } => {
-                crate::cancel::forward::handle(shared, pid, &key).await;
+                crate::cancel::forward::handle(shared, pid, &key, via).await;
                 return Outcome::Closed;
             }
             StartupPacket::Startup { minor, params } => break (minor, params),

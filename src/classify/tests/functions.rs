@@ -68,7 +68,10 @@ fn reads_of_primary_only_state_go_to_the_primary() {
         ("SELECT * FROM \"pg_prepared_xacts\"", W),
         ("SELECT * FROM pg_stat_replication", W),
         ("SELECT slot_name FROM pg_replication_slots", W),
-        ("WITH a AS (SELECT * FROM pg_prepared_xacts) SELECT 1 FROM a", W),
+        (
+            "WITH a AS (SELECT * FROM pg_prepared_xacts) SELECT 1 FROM a",
+            W,
+        ),
         // Quoted names are case-sensitive; other schemas and look-alikes are ordinary.
         ("SELECT * FROM \"PG_PREPARED_XACTS\"", R),
         ("SELECT * FROM app.pg_prepared_xacts", R),
