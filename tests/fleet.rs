@@ -88,6 +88,7 @@ impl Instance {
 
 /// Instances 1 and 2 with one shared `peers` list; HAProxy (on 127.0.0.1) is trusted for PROXY
 /// headers, and so is each peer's address: a forwarded CancelRequest carries a LOCAL header.
+/// Clients of 127.0.0.2 may also reach the instances directly (`cancel_forward_from`).
 fn instances(geoip: &Path) -> [Instance; 2] {
     let c = cluster();
     let ports = [(free_port(), free_port()), (free_port(), free_port())];
@@ -118,6 +119,7 @@ users:
   - {{ name: app, password: {APP_PASSWORD} }}
 geoip: {{ database: {} }}
 proxy_protocol: {{ trusted: [127.0.0.1] }}
+cancel_forward_from: [{EUROPE}]
 limits: {{ shutdown_delay: 1s, shutdown_timeout: 20s }}
 clusters:
   app:
@@ -235,16 +237,20 @@ async fn a_fleet_behind_haproxy() {
     for (i, instance) in [&one, &two].into_iter().enumerate() {
         let name = backends[i].name;
         let open_txn = (i == 0).then_some(instance);
-        let drained = restart(&lb, instance, name, &mut running[i], open_txn).await;
+        let drained = restart(&lb, instance, name, &mut running[i], open_txn, &mut bench).await;
         eprintln!(
             "instance {}: drained and exited {drained:?} after SIGTERM; back in HAProxy",
             instance.id
         );
     }
-    assert!(
-        bench.try_wait().unwrap().is_none(),
-        "pgbench ended before the rolling restart was over: raise its -T"
-    );
+    if bench.try_wait().unwrap().is_some() {
+        let out = bench.wait_with_output().await.unwrap();
+        panic!(
+            "pgbench ended before the rolling restart was over:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = bench.wait_with_output().await.unwrap();
     let text = format!(
         "{}{}",
@@ -324,8 +330,9 @@ async fn read_your_writes(lb: &Haproxy, fleet: [&Instance; 2]) {
 }
 
 /// `pg_sleep(30)` through HAProxy, cancelled by libpq's CancelRequest sent through HAProxy
-/// (whichever instance gets it), then by one sent to the other instance directly: forwarded,
-/// with a PROXY LOCAL header, to the instance running it.
+/// (whichever instance gets it), then by one sent to the other instance directly from an
+/// address in `cancel_forward_from`: forwarded, with a PROXY LOCAL header, to the instance
+/// running it.
 async fn cancel_anywhere(lb: &Haproxy, fleet: [&Instance; 2]) {
     for direct in [false, true] {
         until("no client sessions left", || async {
@@ -398,6 +405,7 @@ async fn restart(
     name: &str,
     running: &mut ProxyProcess,
     open_txn: Option<&Instance>,
+    bench: &mut tokio::process::Child,
 ) -> Duration {
     let t = table("drain");
     let txn = match open_txn {
@@ -446,9 +454,24 @@ async fn restart(
     let drained = term.elapsed();
     *running = instance.start().await;
     lb.wait_for(name, "UP").await;
-    until("the restarted instance serves", || async {
-        metric_of(instance, "pgmeridian_routed_batches_total{").await > 0.0
-    })
-    .await;
+    let start = Instant::now();
+    while metric_of(instance, "pgmeridian_routed_batches_total{").await == 0.0 {
+        if bench.try_wait().unwrap().is_some() {
+            let out =
+                std::mem::replace(bench, tokio::process::Command::new("true").spawn().unwrap());
+            let out = out.wait_with_output().await.unwrap();
+            panic!(
+                "pgbench ended while instance {} restarted:\n{}{}",
+                instance.id,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for the restarted instance to serve"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drained
 }
