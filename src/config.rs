@@ -1,6 +1,7 @@
 //! The YAML configuration file: its typed shape, `${ENV}` expansion and loading. Validation
 //! lives in `config/validate.rs`; turning a valid config into live state is `topology.rs`.
 
+mod nesting;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -617,6 +618,11 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<Problem>> {
+        if nesting::flow_depth(text) > nesting::MAX_FLOW_DEPTH {
+            let limit = nesting::MAX_FLOW_DEPTH;
+            let message = format!("[ and {{ nested deeper than {limit} levels");
+            return Err(vec![Problem::new("", message)]);
+        }
         let mut config: Config =
             serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
         let mut problems = Vec::new();
