@@ -3,6 +3,7 @@
 
 mod nesting;
 mod validate;
+mod yaml_error;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -624,7 +625,7 @@ impl Config {
             return Err(vec![Problem::new("", message)]);
         }
         let mut config: Config =
-            serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+            serde_norway::from_str(text).map_err(|e| vec![yaml_error::problem(&e)])?;
         let mut problems = Vec::new();
         config.expand_env(env, &mut problems);
         problems.extend(validate(&config));
@@ -680,15 +681,6 @@ impl Config {
                 );
             }
         }
-    }
-}
-
-/// serde_norway errors already carry the YAML path and line; keep the path as ours.
-fn yaml_problem(e: &serde_norway::Error) -> Problem {
-    let text = e.to_string();
-    match text.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => Problem::new(path, rest),
-        _ => Problem::new("", text),
     }
 }
 

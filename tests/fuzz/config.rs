@@ -205,3 +205,17 @@ fn aliases_and_deep_nesting_are_refused_quickly() {
         assert!(grew <= 64 << 20, "held {grew} bytes");
     }
 }
+
+/// Found by the long run: `users: |` folds the lines below it, the password among them, into a
+/// string, and the type error used to quote that string whole.
+#[test]
+fn a_password_folded_into_a_block_scalar_is_not_quoted() {
+    let text = EXAMPLE
+        .replace("users:", "users: |\n  block")
+        .replace(PASSWORD_LINE, "    password: \"Lk4-file-secret\"");
+    let problems = Config::from_yaml(&text, &env).unwrap_err();
+    assert!(
+        problems.iter().all(|p| !p.message.contains(LITERAL_SECRET)),
+        "{problems:?}"
+    );
+}
