@@ -313,7 +313,7 @@ fn check_open_files(config: &Config) {
 /// hard limit is unlimited); returns the soft limit before and after.
 #[allow(unsafe_code)] // two syscalls on a local struct, see the SAFETY notes
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every platform
-fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -3,7 +3,9 @@
 
 mod env;
 mod fleet;
+mod nesting;
 mod validate;
+mod yaml_error;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -641,8 +643,13 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<Problem>> {
+        if nesting::flow_depth(text) > nesting::MAX_FLOW_DEPTH {
+            let limit = nesting::MAX_FLOW_DEPTH;
+            let message = format!("[ and {{ nested deeper than {limit} levels");
+            return Err(vec![Problem::new("", message)]);
+        }
         let mut config: Config =
-            serde_norway::from_str(text).map_err(|e| vec![yaml_problem(&e)])?;
+            serde_norway::from_str(text).map_err(|e| vec![yaml_error::problem(&e)])?;
         let mut problems = Vec::new();
         config.expand_env(env, &mut problems);
         problems.extend(validate(&config));
@@ -665,14 +672,6 @@ impl Config {
     }
 }
 
-/// serde_norway errors already carry the YAML path and line; keep the path as ours.
-fn yaml_problem(e: &serde_norway::Error) -> Problem {
-    let text = e.to_string();
-    match text.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => Problem::new(path, rest),
-        _ => Problem::new("", text),
-    }
-}
 
 #[cfg(test)]
 mod tests;

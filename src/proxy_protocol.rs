@@ -49,10 +49,15 @@ pub enum Parsed {
 
 /// Parses a header at the start of `buf`.
 pub fn parse(buf: &[u8]) -> Parsed {
+    // A v1 header ends at its CRLF within 107 bytes. Before that, a prefix cut inside a field
+    // ("…1000 " without its destination port yet) would look invalid to the parser: wait.
+    let v1 = buf.starts_with(b"PROXY");
+    let v1_done = v1 && (buf.len() >= 107 || buf.windows(2).any(|w| w == b"\r\n"));
+    if v1 && !v1_done {
+        return Parsed::Incomplete;
+    }
     let header = HeaderResult::parse(buf);
-    // A v1 header ends at its CRLF within 107 bytes; a parser still wanting more is wrong.
-    let v1_done =
-        buf.starts_with(b"PROXY") && (buf.len() >= 107 || buf.windows(2).any(|w| w == b"\r\n"));
+    // A parser still wanting more of a v1 header that has ended is wrong.
     if header.is_incomplete() && v1_done {
         return Parsed::Invalid("invalid PROXY v1 header".into());
     }
@@ -216,6 +221,12 @@ mod tests {
         ];
         for (name, bytes, want) in cases {
             assert_eq!(parse(&bytes), want, "{name}");
+        }
+        // Found by tests/fuzz: a v1 header arriving in two reads, the first ending before the
+        // destination port, was refused as invalid.
+        let v1 = b"PROXY TCP4 0.0.100.100 100.10.100.10 1000 2000\r\n";
+        for cut in 0..v1.len() {
+            assert_eq!(parse(&v1[..cut]), Parsed::Incomplete, "cut at {cut}");
         }
         assert!(matches!(
             parse(b"PROXY TCP4 not-an-ip 10.0.0.1 1 2\r\n"),

@@ -32,6 +32,25 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Ready once a read would make progress, without reading: an idle session waits for its
+    /// peer this way, with no read buffer allocated. For TLS, plaintext rustls already holds
+    /// counts as ready (the socket would not wake for it).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => {
+                let (tcp, state) = s.get_ref();
+                if !state.wants_read() {
+                    return Poll::Ready(Ok(()));
+                }
+                tcp.poll_read_ready(cx)
+            }
+            Stream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 fn detached() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "no connection")
 }

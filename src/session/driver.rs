@@ -25,6 +25,10 @@ use crate::stream::Stream;
 const HIGH_WATER: usize = 256 * 1024;
 /// Bytes reserved before each socket read.
 const READ_CHUNK: usize = 16 * 1024;
+/// A session quiet this long (nothing in flight, every buffer empty) gives its buffers back;
+/// until its peer sends again it holds none (the read waits for readiness first). This is
+/// what keeps an idle client at a few KiB (tests/scale.rs).
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// How long a closing session may spend flushing its last bytes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -109,6 +113,14 @@ fn poll_sock(
         }
     }
     if can_read {
+        if inbuf.capacity() == 0 {
+            // Buffers were given back while idle: allocate only once there is something to read.
+            match sock.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
             inbuf.reserve(READ_CHUNK);
         }
@@ -181,12 +193,15 @@ pub async fn run(
     h: &Handles<'_>,
     entry: &ClientEntry,
 ) -> End {
+    // The handshake's write buffer is spent: only the read buffer (with any early bytes) stays.
+    let crate::wire::MessageIo { io, rbuf, wbuf } = client;
+    drop(wbuf);
     let mut b = Buffers {
-        client_in: client.rbuf,
+        client_in: rbuf,
         ..Buffers::default()
     };
     let mut client = Sock {
-        stream: client.io,
+        stream: io,
         flush: false,
     };
     let mut servers: [Option<Held>; 2] = [None, None];
@@ -195,6 +210,8 @@ pub async fn run(
     let idle_timeout = h.topology.load().limits.client_idle_timeout;
     let idle_enabled = !idle_timeout.is_zero();
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
+    let mut shrink = pin!(tokio::time::sleep(SHRINK_AFTER));
+    let mut shrink_due = true;
     let (mut stop, watcher) = watch_shutdown(h);
     let mut draining = false;
     let mut gate = Gate::new(entry, h.pauses.of(&engine.cluster.name));
@@ -255,6 +272,8 @@ pub async fn run(
                         if idle_enabled {
                             idle.as_mut().reset(Instant::now() + idle_timeout);
                         }
+                        shrink.as_mut().reset(Instant::now() + SHRINK_AFTER);
+                        shrink_due = true;
                         if gate.is_holding() {
                             gate.keep(&mut b.client_in);
                         } else if gate.admit(engine.quiescent(&b), &mut b.client_in) {
@@ -290,6 +309,10 @@ pub async fn run(
                 }
             }
             _ = idle.as_mut(), if idle_enabled && quiescent && !holding => break End::IdleTimeout,
+            _ = shrink.as_mut(), if shrink_due && quiescent && !partial => {
+                shrink_due = false;
+                give_back_buffers(&mut b);
+            }
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
                 with_env(h, |env| engine.flush_partial(&mut b, env));
@@ -315,6 +338,26 @@ pub async fn run(
     );
     close_client(&end, &mut client.stream, &mut b.client_out).await;
     end
+}
+
+/// Frees every empty buffer of a quiet session (their capacity stays otherwise: 16 KiB and
+/// more per socket that has been read).
+fn give_back_buffers(b: &mut Buffers) {
+    let Buffers {
+        client_in,
+        client_out,
+        server_in,
+        server_out,
+    } = b;
+    let all = [client_in, client_out]
+        .into_iter()
+        .chain(server_in.iter_mut())
+        .chain(server_out.iter_mut());
+    for buf in all {
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+    }
 }
 
 fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {

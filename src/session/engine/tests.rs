@@ -15,6 +15,7 @@ use crate::health::{ClusterHealth, NodeHealth};
 use crate::protocol::frame;
 
 mod causal;
+mod fuzz;
 mod pipelines;
 mod routing;
 mod safety;
