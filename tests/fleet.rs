@@ -228,6 +228,10 @@ async fn a_fleet_behind_haproxy() {
         .await
         .unwrap();
     assert!(init.status.success(), "pgbench -i: {init:?}");
+    // pgbench's first read (`select count(*) from pgbench_branches`) comes over a new
+    // connection, maybe to the other instance: only a causal token would carry the position
+    // there, so let the replicas (400 ms behind) replay the tables first, as `setup` does.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut bench = pgbench(lb.addr, &["-C", "-c", "4", "-j", "2", "-T", "25", "-n"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
