@@ -230,6 +230,7 @@ impl Proxy {
             move || for_pools.topology.load_full(),
             shared.drain.clone(),
         ));
+        tokio::spawn(crate::memory::trim_when_asked(shared.hard_stop.clone()));
         let task = tokio::spawn(server::run(listener, shared.clone(), lanes));
         Ok(Proxy {
             addr,

@@ -29,6 +29,7 @@ pub mod error;
 pub mod geo;
 pub mod health;
 pub mod localpg;
+pub mod memory;
 pub mod metrics;
 pub mod occupancy;
 pub mod pool;

@@ -358,6 +358,7 @@ fn give_back_buffers(b: &mut Buffers) {
             *buf = BytesMut::new();
         }
     }
+    crate::memory::want_trim();
 }
 
 fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
