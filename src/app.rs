@@ -89,6 +89,7 @@ impl Shared {
             hard_stop: &self.hard_stop,
             hints: &self.probe_hints,
             pauses: &self.pauses,
+            sessions: &self.sessions,
         }
     }
 }
@@ -98,6 +99,17 @@ pub struct ClientTls {
     pub required: bool,
     /// SCRAM that also offers SCRAM-SHA-256-PLUS bound to our certificate.
     pub scram: ScramServerAuth,
+}
+
+/// Passes the proxy's shutdown on to its sessions: a drain (SIGTERM), then the hard stop.
+async fn tell_sessions_to_stop(shared: Arc<Shared>) {
+    use crate::clients::Stop;
+    tokio::select! {
+        _ = shared.drain.cancelled() => shared.sessions.stop(Stop::Drain),
+        _ = shared.hard_stop.cancelled() => {}
+    }
+    shared.hard_stop.cancelled().await;
+    shared.sessions.stop(Stop::Now);
 }
 
 fn scram(iterations: u32) -> ScramServerAuth {
@@ -231,6 +243,7 @@ impl Proxy {
             shared.drain.clone(),
         ));
         tokio::spawn(crate::memory::trim_when_asked(shared.hard_stop.clone()));
+        tokio::spawn(tell_sessions_to_stop(shared.clone()));
         let task = tokio::spawn(server::run(listener, shared.clone(), lanes));
         Ok(Proxy {
             addr,

@@ -1,13 +1,15 @@
 //! The registry of client sessions, for the admin console (`SHOW CLIENTS`, `SHOW CLUSTERS`) and
 //! `PAUSE` (which waits until no session of the cluster has work in flight). A session is
 //! listed from login to close; it publishes its state with a store to its own entry when the
-//! state changes. The registry's lock is taken at login, at close and by the console, never
-//! per statement. No policy here.
+//! state changes. The registry's lock is taken at login, at close, by the console and at
+//! shutdown, never per statement. It also tells its sessions to drain or stop (one shared
+//! level and a waker per session, instead of a watcher task each). No policy here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 /// What a session is doing, as the console shows it.
@@ -71,6 +73,8 @@ pub struct ClientEntry {
     /// How its location was found (`startup_option`, `geoip`, `proxy_region`, …).
     pub located_by: &'static str,
     state: AtomicU8,
+    /// Woken when the proxy asks its sessions to drain or stop.
+    stop_waker: atomic_waker::AtomicWaker,
 }
 
 impl ClientEntry {
@@ -91,6 +95,7 @@ impl ClientEntry {
             tls,
             located_by,
             state: AtomicU8::new(ClientState::Idle as u8),
+            stop_waker: atomic_waker::AtomicWaker::new(),
         }
     }
 
@@ -104,10 +109,34 @@ impl ClientEntry {
     }
 }
 
+/// What the proxy asks of its sessions, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Stop {
+    /// Serve on.
+    No = 0,
+    /// Finish what is open, then close.
+    Drain = 1,
+    /// Close now.
+    Now = 2,
+}
+
+impl Stop {
+    fn from_u8(v: u8) -> Stop {
+        match v {
+            0 => Stop::No,
+            1 => Stop::Drain,
+            _ => Stop::Now,
+        }
+    }
+}
+
 /// Every client session now, by session id.
 #[derive(Debug, Default)]
 pub struct Clients {
     map: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    /// A [`Stop`]: only ever raised.
+    stop: AtomicU8,
 }
 
 /// A session's place in the registry; dropping it removes the session.
@@ -141,6 +170,26 @@ impl Clients {
         let mut all: Vec<Arc<ClientEntry>> = self.lock().values().cloned().collect();
         all.sort_by_key(|e| e.id);
         all
+    }
+
+    /// Asks every session, and every session registered from now on, to `stop`.
+    pub fn stop(&self, stop: Stop) {
+        // Raised before the sessions are woken: one that registers its waker after the loop
+        // below sees the level when it next polls.
+        self.stop.fetch_max(stop as u8, Ordering::SeqCst);
+        for entry in self.lock().values() {
+            entry.stop_waker.wake();
+        }
+    }
+
+    /// Ready with the proxy's [`Stop`] once it is above `seen`; else `entry`'s task is woken
+    /// when it rises.
+    pub fn poll_stop(&self, entry: &ClientEntry, seen: Stop, cx: &mut Context<'_>) -> Poll<Stop> {
+        entry.stop_waker.register(cx.waker());
+        match Stop::from_u8(self.stop.load(Ordering::SeqCst)) {
+            now if now > seen => Poll::Ready(now),
+            _ => Poll::Pending,
+        }
     }
 
     /// Sessions of `cluster` with work in flight or a transaction open.

@@ -44,6 +44,8 @@ pub struct Handles<'s> {
     pub hints: &'s crate::health::hints::ProbeHints,
     /// The operator's pauses, by cluster (a session takes its cluster's once).
     pub pauses: &'s crate::control::Pauses,
+    /// The client registry, which also tells sessions to drain or stop.
+    pub sessions: &'s crate::clients::Clients,
 }
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::engine::{Action, Buffers, End, Engine, Env, Slot};
 use super::gate::Gate;
 use super::Handles;
-use crate::clients::{ClientEntry, ClientState};
+use crate::clients::{ClientEntry, ClientState, Stop};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{AcquireError, Lease, Pool};
 use crate::stream::Stream;
@@ -43,39 +43,6 @@ enum IoEvent {
     Read,
     Wrote,
     Closed(String),
-}
-
-/// What the proxy's shutdown asks of a session.
-#[derive(Debug)]
-enum Stop {
-    /// Finish what is open, then close.
-    Drain,
-    /// Close now.
-    Now,
-}
-
-/// A small task that turns the shutdown tokens into messages for the session: a channel
-/// receiver is a cheap thing to poll on every turn of the loop, a cancellation token is not
-/// (each poll takes its locks).
-fn watch_shutdown(
-    h: &Handles,
-) -> (
-    tokio::sync::mpsc::Receiver<Stop>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let (drain, hard) = (h.drain.clone(), h.hard_stop.clone());
-    let task = tokio::spawn(async move {
-        tokio::select! {
-            _ = drain.cancelled() => {
-                let _ = tx.send(Stop::Drain).await;
-            }
-            _ = hard.cancelled() => {}
-        }
-        hard.cancelled().await;
-        let _ = tx.send(Stop::Now).await;
-    });
-    (rx, task)
 }
 
 /// A socket with its write-side flush state.
@@ -212,7 +179,7 @@ pub async fn run(
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
     let mut shrink = pin!(tokio::time::sleep(SHRINK_AFTER));
     let mut shrink_due = true;
-    let (mut stop, watcher) = watch_shutdown(h);
+    let mut stop_seen = Stop::No;
     let mut draining = false;
     let mut gate = Gate::new(entry, h.pauses.of(&engine.cluster.name));
     if !b.client_in.is_empty() && gate.admit(engine.quiescent(&b), &mut b.client_in) {
@@ -298,10 +265,13 @@ pub async fn run(
                     }
                 }
             }
-            Some(s) = stop.recv() => match s {
-                Stop::Drain => draining = true,
-                Stop::Now => break End::Shutdown,
-            },
+            stop = std::future::poll_fn(|cx| h.sessions.poll_stop(entry, stop_seen, cx)) => {
+                stop_seen = stop;
+                if stop == Stop::Now {
+                    break End::Shutdown;
+                }
+                draining = true;
+            }
             // PAUSE or RESUME of the cluster while a batch was held.
             () = gate.changed(), if holding => {
                 if gate.admit(engine.quiescent(&b), &mut b.client_in) {
@@ -322,7 +292,6 @@ pub async fn run(
             h.metrics.error(kind);
         }
     };
-    watcher.abort();
     for kind in engine.take_errors() {
         h.metrics.error(kind);
     }
