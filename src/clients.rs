@@ -232,4 +232,37 @@ mod tests {
         drop(a);
         assert!(clients.all().is_empty());
     }
+
+    #[test]
+    fn sessions_see_a_stop_raised_before_or_after_they_registered() {
+        let clients = Clients::default();
+        let addr: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let a = clients.register(ClientEntry::new(1, addr, "app", "app", false, "geoip"));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(
+            clients.poll_stop(&a.entry, Stop::No, &mut cx),
+            Poll::Pending
+        );
+        clients.stop(Stop::Drain);
+        assert_eq!(
+            clients.poll_stop(&a.entry, Stop::No, &mut cx),
+            Poll::Ready(Stop::Drain)
+        );
+        assert_eq!(
+            clients.poll_stop(&a.entry, Stop::Drain, &mut cx),
+            Poll::Pending
+        );
+        // Only ever raised.
+        clients.stop(Stop::No);
+        let b = clients.register(ClientEntry::new(2, addr, "app", "app", false, "geoip"));
+        assert_eq!(
+            clients.poll_stop(&b.entry, Stop::No, &mut cx),
+            Poll::Ready(Stop::Drain)
+        );
+        clients.stop(Stop::Now);
+        assert_eq!(
+            clients.poll_stop(&a.entry, Stop::Drain, &mut cx),
+            Poll::Ready(Stop::Now)
+        );
+    }
 }
