@@ -672,6 +672,5 @@ impl Config {
     }
 }
 
-
 #[cfg(test)]
 mod tests;
