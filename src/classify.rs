@@ -136,6 +136,7 @@ impl WriteFunctions {
     /// What calling `schema.name(...)` does, if it is a known write function. Built-ins
     /// match in any schema.
     fn lookup(&self, schema: Option<&[u8]>, name: &[u8]) -> Option<rules::Effect> {
+        let name = as_postgresql_names_it(name);
         if let Some(effect) = rules::builtin_effect(name) {
             return Some(effect);
         }
@@ -150,6 +151,22 @@ impl WriteFunctions {
             && !self.reads.iter().any(|f| f.matches(schema, name));
         write.then_some(rules::Effect::Write)
     }
+}
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1): a longer name is cut to it.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// `name` as PostgreSQL resolves it: cut to [`MAX_IDENTIFIER_BYTES`] at a character boundary,
+/// so `f` followed by junk past the limit is still a call of the function `f` names.
+fn as_postgresql_names_it(name: &[u8]) -> &[u8] {
+    if name.len() <= MAX_IDENTIFIER_BYTES {
+        return name;
+    }
+    let mut end = MAX_IDENTIFIER_BYTES;
+    while end > 0 && name[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

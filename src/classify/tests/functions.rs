@@ -89,3 +89,19 @@ fn reads_of_primary_only_state_go_to_the_primary() {
         assert_eq!(classify(sql, &wf).class, *want, "{sql}");
     }
 }
+
+#[test]
+fn function_names_are_cut_to_63_bytes_as_postgresql_does() {
+    let long = "f".repeat(63);
+    let catalog = std::sync::Arc::new(VolatileFunctions::new([long.as_str()]));
+    let wf = WriteFunctions::default().with_catalog(catalog);
+    let w = |sql: String| classify(&sql, &wf).class;
+    assert_eq!(w(format!("SELECT {long}()")), W);
+    // PostgreSQL truncates the longer name and calls the same function.
+    assert_eq!(w(format!("SELECT {long}xyz()")), W);
+    assert_eq!(w(format!("SELECT \"{long}XYZ\"()")), W);
+    assert_eq!(w(format!("SELECT {}()", "f".repeat(62))), R);
+    // Cut at a character boundary: 62 ASCII bytes and a 2-byte character is 64 bytes, cut
+    // to 62, not into the character.
+    assert_eq!(w(format!("SELECT {}é()", "g".repeat(62))), R);
+}
