@@ -1,13 +1,7 @@
 //! Shared generators: wire messages, mutations of valid inputs, chunked delivery and an
 //! in-memory stream that is always ready (so async readers finish in one poll).
 
-use std::collections::VecDeque;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use proptest::prelude::*;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Raw bytes of up to `max` length.
 pub fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -120,98 +114,4 @@ pub fn chunking() -> impl Strategy<Value = Vec<usize>> {
     )
 }
 
-/// `data` cut into pieces of the cycled `sizes`.
-pub fn pieces<'a>(data: &'a [u8], sizes: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    let mut at = 0;
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        if at >= data.len() {
-            return None;
-        }
-        let n = sizes[i % sizes.len()].max(1).min(data.len() - at);
-        i += 1;
-        at += n;
-        Some(&data[at - n..at])
-    })
-}
-
-/// A peer that answers each read at once: with its next queued piece, with what `respond`
-/// makes of everything written to it so far, or with EOF. Writes always succeed.
-pub struct Peer<F> {
-    queue: VecDeque<Vec<u8>>,
-    pub written: Vec<u8>,
-    /// How many times `respond` was asked for more.
-    pub turns: usize,
-    respond: F,
-}
-
-impl<F: FnMut(usize, &[u8]) -> Option<Vec<u8>>> Peer<F> {
-    /// `respond(turn, written)` is called when the queue is empty: `Some(bytes)` to send (an
-    /// empty vector sends nothing but asks again), `None` for EOF.
-    pub fn new(respond: F) -> Peer<F> {
-        Peer {
-            queue: VecDeque::new(),
-            written: Vec::new(),
-            turns: 0,
-            respond,
-        }
-    }
-}
-
-/// A peer that sends `data` in pieces of the cycled `sizes`, then EOF.
-pub fn chunked_peer(
-    data: &[u8],
-    sizes: &[usize],
-) -> Peer<impl FnMut(usize, &[u8]) -> Option<Vec<u8>>> {
-    let all: Vec<Vec<u8>> = pieces(data, sizes).map(<[u8]>::to_vec).collect();
-    let mut all = all.into_iter();
-    Peer::new(move |_, _| all.next())
-}
-
-impl<F: FnMut(usize, &[u8]) -> Option<Vec<u8>> + Unpin> AsyncRead for Peer<F> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        while this.queue.front().is_none_or(Vec::is_empty) {
-            this.queue.pop_front();
-            if this.turns > 10_000 {
-                return Poll::Ready(Ok(()));
-            }
-            this.turns += 1;
-            match (this.respond)(this.turns - 1, &this.written) {
-                Some(bytes) => this.queue.push_back(bytes),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-        let front = this.queue.front_mut().expect("a queued piece");
-        let n = front.len().min(buf.remaining());
-        buf.put_slice(&front[..n]);
-        front.drain(..n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<F: Unpin> AsyncWrite for Peer<F> {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        self.get_mut().written.extend_from_slice(b);
-        Poll::Ready(Ok(b.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Runs a future that must not wait for anything (its I/O is a [`Peer`]); panics if it would.
-pub fn run_now<T>(f: impl std::future::Future<Output = T>) -> T {
-    use futures_util::FutureExt;
-    f.now_or_never()
-        .expect("finished without waiting: an always-ready peer cannot make it wait")
-}
+pub use crate::peer::{chunked_peer, pieces, run_now, Peer};

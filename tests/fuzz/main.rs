@@ -18,6 +18,7 @@ mod alloc;
 mod config;
 mod framing;
 mod gen;
+mod peer;
 mod proxy;
 mod scram;
 mod sql;
