@@ -8,17 +8,11 @@ use proptest::prelude::*;
 
 use crate::alloc::peak_growth;
 use crate::gen::{self, chunked_peer, Length};
+use crate::peer::capacity_bound;
 use crate::{cases, Case};
 
 /// What a session accepts for Query, Parse, Bind, FunctionCall and CopyData in these tests.
 const LARGE: usize = 16 << 20;
-
-/// Most a buffer may hold for `held` bytes received at most at once: growth by doubling (and a
-/// buffer shared with messages split off it) stays within a small multiple. Reserving a
-/// message's declared length (up to `LARGE`, or 4 GiB) would not.
-fn capacity_bound(held: usize) -> usize {
-    16 * held + (16 << 10)
-}
 
 fn client_tag() -> impl Strategy<Value = u8> {
     prop_oneof![

@@ -1,6 +1,7 @@
 //! An always-ready in-memory peer for fuzzing the library's async readers without a runtime,
-//! delivery of a byte stream in pieces, and a poll-once executor. Shared by the stable
-//! property tests (`tests/fuzz`) and the cargo-fuzz targets (`fuzz/`, through `#[path]`).
+//! delivery of a byte stream in pieces, a poll-once executor, and the bound read buffers must
+//! keep. Shared by the stable property tests (`tests/fuzz`) and the cargo-fuzz targets
+//! (`fuzz/`, through `#[path]`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -107,4 +108,11 @@ pub fn run_now<T>(f: impl Future<Output = T>) -> T {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("waited on an always-ready peer"),
     }
+}
+
+/// Most a buffer may hold for `held` bytes received at most at once: growth by doubling (and a
+/// buffer shared with messages split off it) stays within a small multiple. Reserving a
+/// message's declared length would not.
+pub fn capacity_bound(held: usize) -> usize {
+    16 * held + (16 << 10)
 }
