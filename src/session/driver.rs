@@ -51,15 +51,19 @@ struct Sock {
     flush: bool,
 }
 
-/// One poll of a socket: write what is queued, then read if allowed.
+/// One poll of a socket: write all that is queued (until the socket would block), flush, then
+/// read if allowed. A write is reported (`IoEvent::Wrote`) only when `report_writes` says the
+/// session's guards depend on it (backpressure, quiescence); otherwise the same poll goes on
+/// to read, which saves the session loop a turn per message sent.
 fn poll_sock(
     sock: &mut Sock,
     inbuf: &mut BytesMut,
     out: &mut BytesMut,
-    can_read: bool,
+    io: SockIo,
     cx: &mut Context<'_>,
 ) -> Poll<IoEvent> {
-    if !out.is_empty() {
+    let mut wrote = false;
+    while !out.is_empty() {
         match Pin::new(&mut sock.stream).poll_write(cx, out) {
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(IoEvent::Closed("peer stopped accepting data".into()))
@@ -67,19 +71,23 @@ fn poll_sock(
             Poll::Ready(Ok(n)) => {
                 out.advance(n);
                 sock.flush = true;
-                return Poll::Ready(IoEvent::Wrote);
+                wrote = true;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
-            Poll::Pending => {}
+            Poll::Pending => break,
         }
-    } else if sock.flush {
+    }
+    if out.is_empty() && sock.flush {
         match Pin::new(&mut sock.stream).poll_flush(cx) {
             Poll::Ready(Ok(())) => sock.flush = false,
             Poll::Ready(Err(e)) => return Poll::Ready(IoEvent::Closed(e.to_string())),
             Poll::Pending => {}
         }
     }
-    if can_read {
+    if wrote && io.report_writes {
+        return Poll::Ready(IoEvent::Wrote);
+    }
+    if io.can_read {
         if inbuf.capacity() == 0 {
             // Buffers were given back while idle: allocate only once there is something to read.
             match sock.stream.poll_read_ready(cx) {
@@ -101,6 +109,15 @@ fn poll_sock(
     Poll::Pending
 }
 
+/// What one poll of a socket may do.
+#[derive(Clone, Copy)]
+struct SockIo {
+    /// Read from it (backpressure says no while the other side is backed up).
+    can_read: bool,
+    /// End the poll when something was written: a loop guard depends on its output buffer.
+    report_writes: bool,
+}
+
 /// A leased server connection and its socket, while the engine holds its state.
 struct Held {
     lease: Lease,
@@ -111,13 +128,11 @@ async fn server_io(
     held: &mut Option<Held>,
     inbuf: &mut BytesMut,
     out: &mut BytesMut,
-    can_read: bool,
+    io: SockIo,
 ) -> IoEvent {
     match held {
         None => std::future::pending().await,
-        Some(h) => {
-            std::future::poll_fn(|cx| poll_sock(&mut h.sock, inbuf, out, can_read, cx)).await
-        }
+        Some(h) => std::future::poll_fn(|cx| poll_sock(&mut h.sock, inbuf, out, io, cx)).await,
     }
 }
 
@@ -176,8 +191,11 @@ pub async fn run(
     let mut pools = PoolCache::default();
     let idle_timeout = h.topology.load().limits.client_idle_timeout;
     let idle_enabled = !idle_timeout.is_zero();
-    let mut idle = pin!(tokio::time::sleep(idle_timeout));
-    let mut shrink = pin!(tokio::time::sleep(SHRINK_AFTER));
+    // Both timers count from the client's last read, which only records the time: a timer that
+    // fires early (the client sent something since it was set) is set again for the rest.
+    let mut last_read = Instant::now();
+    let mut idle = pin!(tokio::time::sleep_until(last_read + idle_timeout));
+    let mut shrink = pin!(tokio::time::sleep_until(last_read + SHRINK_AFTER));
     let mut shrink_due = true;
     let mut stop_seen = Stop::No;
     let mut draining = false;
@@ -212,11 +230,20 @@ pub async fn run(
         let read_client =
             engine.wants_client_input(&b, HIGH_WATER) && !(holding && gate.kept() >= HIGH_WATER);
         let client_backed_up = b.client_out.len() >= HIGH_WATER;
-        let can_read = |slot: Slot, inbuf: &BytesMut| {
-            (!client_backed_up && inbuf.len() < HIGH_WATER) || engine.needs_server_bytes(slot, &b)
+        let servers_backed_up = b.server_out.iter().map(BytesMut::len).sum::<usize>() >= HIGH_WATER;
+        let server_sock = |slot: Slot| SockIo {
+            can_read: (!client_backed_up && b.server_in[slot.index()].len() < HIGH_WATER)
+                || engine.needs_server_bytes(slot, &b),
+            // Reading the client waits on the servers' output; quiescence on an idle server's.
+            report_writes: servers_backed_up || engine.settles_when_sent(slot),
         };
-        let read0 = can_read(Slot::Primary, &b.server_in[0]);
-        let read1 = can_read(Slot::Replica, &b.server_in[1]);
+        let io0 = server_sock(Slot::Primary);
+        let io1 = server_sock(Slot::Replica);
+        // The servers are read again once the client's output drains below the mark.
+        let client_io = SockIo {
+            can_read: read_client,
+            report_writes: client_backed_up,
+        };
         let partial = engine.has_partial_batch() && b.client_in.is_empty();
         let Buffers {
             client_in,
@@ -229,22 +256,23 @@ pub async fn run(
         // nothing else is ready (backpressure keeps any side from starving the others).
         tokio::select! {
             biased;
-            ev = server_io(h0, in0, out0, read0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
-            ev = server_io(h1, in1, out1, read1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
-            ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, read_client, cx)) => {
+            ev = server_io(h0, in0, out0, io0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
+            ev = server_io(h1, in1, out1, io1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
+            ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, client_io, cx)) => {
                 match ev {
                     IoEvent::Closed(_) => break End::ClientGone,
                     IoEvent::Wrote => {}
                     IoEvent::Read => {
-                        if idle_enabled {
-                            idle.as_mut().reset(Instant::now() + idle_timeout);
+                        let now = Instant::now();
+                        last_read = now;
+                        if !shrink_due {
+                            shrink.as_mut().reset(now + SHRINK_AFTER);
+                            shrink_due = true;
                         }
-                        shrink.as_mut().reset(Instant::now() + SHRINK_AFTER);
-                        shrink_due = true;
                         if gate.is_holding() {
                             gate.keep(&mut b.client_in);
                         } else if gate.admit(engine.quiescent(&b), &mut b.client_in) {
-                            with_env(h, |env| engine.on_client_input(&mut b, env));
+                            with_env_at(h, now.into_std(), |env| engine.on_client_input(&mut b, env));
                         }
                     }
                 }
@@ -278,10 +306,22 @@ pub async fn run(
                     with_env(h, |env| engine.on_client_input(&mut b, env));
                 }
             }
-            _ = idle.as_mut(), if idle_enabled && quiescent && !holding => break End::IdleTimeout,
+            _ = idle.as_mut(), if idle_enabled && quiescent && !holding => {
+                let due = last_read + idle_timeout;
+                if Instant::now() >= due {
+                    break End::IdleTimeout;
+                }
+                idle.as_mut().reset(due);
+            }
             _ = shrink.as_mut(), if shrink_due && quiescent && !partial => {
-                shrink_due = false;
-                give_back_buffers(&mut b);
+                let due = last_read + SHRINK_AFTER;
+                if Instant::now() >= due {
+                    shrink_due = false;
+                    engine.drop_spares();
+                    give_back_buffers(&mut b);
+                } else {
+                    shrink.as_mut().reset(due);
+                }
             }
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
@@ -331,6 +371,11 @@ fn give_back_buffers(b: &mut Buffers) {
 }
 
 fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
+    with_env_at(h, std::time::Instant::now(), f)
+}
+
+/// [`with_env`] at a time the caller has already read.
+fn with_env_at<R>(h: &Handles, now: std::time::Instant, f: impl FnOnce(&Env) -> R) -> R {
     let topology = h.topology.load();
     let health = h.health.load();
     let env = Env {
@@ -342,7 +387,7 @@ fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
         schema_epoch: h.schema_epoch,
         catalogs: h.catalogs,
         hints: h.hints,
-        now: std::time::Instant::now(),
+        now,
     };
     f(&env)
 }

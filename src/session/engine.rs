@@ -158,17 +158,20 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn new(state: Box<ServerState>, replica: Option<usize>) -> Server {
+    fn new(state: Box<ServerState>, replica: Option<usize>, spare: &mut Spare) -> Server {
         Server {
             state,
             replica,
-            owed: Owed::default(),
+            owed: Owed {
+                queue: std::mem::take(&mut spare.queue),
+                ..Owed::default()
+            },
             open_batch: false,
             remaining: 0,
             remaining_sink: expect::Sink::Client,
             need: 0,
             retry: None,
-            tentative: BytesMut::new(),
+            tentative: std::mem::take(&mut spare.tentative),
             sent_fatal: false,
             farewell: None,
             dirty: false,
@@ -301,6 +304,36 @@ pub struct Engine {
         Arc<ClusterSpec>,
         Option<Arc<crate::health::ClusterHealth>>,
     )>,
+    /// Allocations of the last connection given back, for the next lease (a lease a
+    /// transaction would otherwise allocate them anew).
+    pub(crate) spare: Spare,
+}
+
+/// A released connection's empty answer queue and held-answers buffer.
+#[derive(Default)]
+pub(crate) struct Spare {
+    queue: VecDeque<expect::Expect>,
+    tentative: BytesMut,
+}
+
+impl Spare {
+    /// Larger ones are dropped: a quiet session keeps little.
+    const MAX_QUEUE: usize = 16;
+    const MAX_TENTATIVE: usize = 4096;
+
+    pub(crate) fn keep(&mut self, mut queue: VecDeque<expect::Expect>, tentative: BytesMut) {
+        if queue.capacity() <= Self::MAX_QUEUE && queue.capacity() > self.queue.capacity() {
+            queue.clear();
+            self.queue = queue;
+        }
+        if tentative.capacity() <= Self::MAX_TENTATIVE
+            && tentative.capacity() > self.tentative.capacity()
+        {
+            let mut tentative = tentative;
+            tentative.clear();
+            self.tentative = tentative;
+        }
+    }
 }
 
 impl Engine {
@@ -350,9 +383,15 @@ impl Engine {
             functions: None,
             probe_hint: None,
             notices: Vec::new(),
+            spare: Spare::default(),
         };
         engine.scope = scope;
         engine
+    }
+
+    /// The session went quiet: the allocations kept for the next lease go too.
+    pub fn drop_spares(&mut self) {
+        self.spare = Spare::default();
     }
 
     /// The next thing the driver must do.
@@ -381,6 +420,12 @@ impl Engine {
     pub fn needs_server_bytes(&self, slot: Slot, b: &Buffers) -> bool {
         self.server(slot)
             .is_some_and(|s| s.need > b.server_in[slot.index()].len())
+    }
+
+    /// The slot's connection has nothing in flight but its unsent output: once that is written,
+    /// the session may be quiescent (the driver re-checks its guards then).
+    pub fn settles_when_sent(&self, slot: Slot) -> bool {
+        self.server(slot).is_some_and(|s| s.idle(&BytesMut::new()))
     }
 
     /// Nothing in flight and no transaction open: the session may be closed or moved.

@@ -181,20 +181,20 @@ impl Engine {
             if outcome.ready.is_some() && server.owed.commit_lsn_next() {
                 // The proxy's position query behind this commit answers next; the client's
                 // ReadyForQuery waits for it (and the token it yields) to be first.
-                b.client_out.unsplit(server.tentative.split());
+                pass_on(&mut b.client_out, &mut server.tentative);
                 server.held_ready = Some(BytesMut::from(bytes));
             } else if server.retry.is_some() {
                 if outcome.ready.is_some() {
                     // The end of a retryable batch: what was held goes out before it.
                     server.retry = None;
-                    b.client_out.unsplit(server.tentative.split());
+                    pass_on(&mut b.client_out, &mut server.tentative);
                     b.client_out.extend_from_slice(bytes);
                 } else {
                     server.tentative.extend_from_slice(bytes);
                     if server.tentative.len() > TENTATIVE_LIMIT {
                         // Rows are flowing: this statement stays on the replica.
                         server.retry = None;
-                        b.client_out.unsplit(server.tentative.split());
+                        pass_on(&mut b.client_out, &mut server.tentative);
                     }
                 }
             } else {
@@ -434,11 +434,15 @@ impl Engine {
         if self.active == Some(slot) {
             self.active = None;
         }
-        self.actions.push_back(Action::Release {
-            slot,
-            state: server.state,
-            reuse,
-        });
+        let Server {
+            state,
+            owed,
+            tentative,
+            ..
+        } = server;
+        self.spare.keep(owed.queue, tentative);
+        self.actions
+            .push_back(Action::Release { slot, state, reuse });
     }
 
     /// The session cannot lose this connection without the client noticing: work is in
@@ -584,6 +588,18 @@ pub(super) fn advance(server: &mut Server, statements: &mut Statements, client_o
     }
 }
 
+/// Appends the answers held back in `held` to `client_out` and empties `held`, each buffer
+/// keeping an allocation of its own (an `unsplit` of a split would leave the two sharing one,
+/// and the next held answer would need a fresh allocation).
+pub(super) fn pass_on(client_out: &mut BytesMut, held: &mut BytesMut) {
+    if client_out.is_empty() {
+        std::mem::swap(client_out, held);
+    } else {
+        client_out.extend_from_slice(held);
+        held.clear();
+    }
+}
+
 /// Moves `n` bytes from the front of `inbuf` to where they go.
 fn move_bytes(
     server: &mut Server,
@@ -603,7 +619,7 @@ fn move_bytes(
             inbuf.advance(n);
             if server.tentative.len() > TENTATIVE_LIMIT {
                 server.retry = None;
-                client_out.unsplit(server.tentative.split());
+                pass_on(client_out, &mut server.tentative);
             }
         }
         Sink::Client if client_out.is_empty() && n == inbuf.len() => {

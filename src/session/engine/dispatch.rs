@@ -347,7 +347,7 @@ impl Engine {
         };
         b.server_in[slot.index()].clear();
         b.server_out[slot.index()].clear();
-        let mut server = Server::new(state, replica);
+        let mut server = Server::new(state, replica, &mut self.spare);
         if self.route.pinned && slot == Slot::Primary {
             server.dedicated = true;
             self.actions.push_back(Action::Dedicate { slot });

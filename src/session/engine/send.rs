@@ -78,7 +78,7 @@ impl Engine {
         // Another batch behind a retryable one: its answers can no longer be replaced, so they
         // go out now, in order.
         if server.retry.take().is_some() {
-            b.client_out.unsplit(server.tentative.split());
+            super::answers::pass_on(&mut b.client_out, &mut server.tentative);
         }
         if fresh && autocommit {
             evict(server, &batch, epoch, max_prepared, out);
