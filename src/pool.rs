@@ -420,7 +420,8 @@ impl Pool {
             return;
         };
         self.lease_ended(lease.pinned);
-        let conn = std::mem::replace(&mut lease.conn, ServerConn::placeholder());
+        let now = Instant::now();
+        let conn = std::mem::replace(&mut lease.conn, ServerConn::placeholder(now));
         drop(lease);
         let mut inner = self.lock();
         let lifetime = inner.config.lifetime;
@@ -428,7 +429,7 @@ impl Pool {
             Some(CloseReason::Discarded)
         } else if self.retired.load(Ordering::Relaxed) {
             Some(CloseReason::Reload)
-        } else if !lifetime.is_zero() && conn.created.elapsed() >= lifetime {
+        } else if !lifetime.is_zero() && now.saturating_duration_since(conn.created) >= lifetime {
             Some(CloseReason::Lifetime)
         } else {
             None
@@ -448,7 +449,7 @@ impl Pool {
             }
             None => {
                 let mut conn = conn;
-                conn.last_used = Instant::now();
+                conn.last_used = now;
                 inner.idle.push(conn);
                 drop(inner);
                 self.metrics.idle.inc();

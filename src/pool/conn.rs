@@ -119,15 +119,16 @@ impl ServerConn {
         ))
     }
 
-    /// An empty stand-in, for moving a connection out of a lease being released.
-    pub(super) fn placeholder() -> ServerConn {
+    /// An empty stand-in, for moving a connection out of a lease being released (`at`: any
+    /// time, so that making one reads no clock).
+    pub(super) fn placeholder(at: Instant) -> ServerConn {
         ServerConn {
             stream: Stream::Detached,
             rbuf: BytesMut::new(),
             state: None,
             home: None,
-            created: Instant::now(),
-            last_used: Instant::now(),
+            created: at,
+            last_used: at,
             info: None,
         }
     }
