@@ -22,29 +22,38 @@ pub fn init(format: LogFormat) {
     let targets = (!spec.contains(['[', '{']))
         .then(|| spec.parse::<Targets>().ok())
         .flatten();
-    let layer = |json: bool| {
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        if json {
-            // Each line: timestamp, level, fields, target, the innermost span and the span list.
-            fmt.json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .boxed()
-        } else {
-            fmt.boxed()
-        }
-    };
     let json = format == LogFormat::Json;
+    // One output, so the filter is global (a per-layer filter would be consulted again at
+    // every span entry and exit, on the session's hot path).
     match targets {
         Some(t) => tracing_subscriber::registry()
-            .with(layer(json).with_filter(t))
+            .with(t)
+            .with(layer(json))
             .init(),
         None => {
             let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
             tracing_subscriber::registry()
-                .with(layer(json).with_filter(filter))
+                .with(filter)
+                .with(layer(json))
                 .init()
         }
+    }
+}
+
+/// The output: text or JSON lines on stderr.
+fn layer<S>(json: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if json {
+        // Each line: timestamp, level, fields, target, the innermost span and the span list.
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed()
+    } else {
+        fmt.boxed()
     }
 }
 

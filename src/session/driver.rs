@@ -189,6 +189,7 @@ pub async fn run(
     let mut servers: [Option<Held>; 2] = [None, None];
     let mut acquiring: Option<Acquiring> = None;
     let mut pools = PoolCache::default();
+    let mut views = Views::new(h);
     let idle_timeout = h.topology.load().limits.client_idle_timeout;
     let idle_enabled = !idle_timeout.is_zero();
     // Both timers count from the client's last read, which only records the time: a timer that
@@ -201,7 +202,7 @@ pub async fn run(
     let mut draining = false;
     let mut gate = Gate::new(entry, h.pauses.of(&engine.cluster.name));
     if !b.client_in.is_empty() && gate.admit(engine.quiescent(&b), &mut b.client_in) {
-        with_env(h, |env| engine.on_client_input(&mut b, env));
+        with_env(h, &mut views, |env| engine.on_client_input(&mut b, env));
     }
     let end = loop {
         perform(
@@ -211,6 +212,7 @@ pub async fn run(
             &mut pools,
             &mut b,
             h,
+            &mut views,
         );
         if let Some(end) = engine.take_end() {
             break end;
@@ -256,8 +258,8 @@ pub async fn run(
         // nothing else is ready (backpressure keeps any side from starving the others).
         tokio::select! {
             biased;
-            ev = server_io(h0, in0, out0, io0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h),
-            ev = server_io(h1, in1, out1, io1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h),
+            ev = server_io(h0, in0, out0, io0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h, &mut views),
+            ev = server_io(h1, in1, out1, io1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h, &mut views),
             ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, client_io, cx)) => {
                 match ev {
                     IoEvent::Closed(_) => break End::ClientGone,
@@ -272,7 +274,7 @@ pub async fn run(
                         if gate.is_holding() {
                             gate.keep(&mut b.client_in);
                         } else if gate.admit(engine.quiescent(&b), &mut b.client_in) {
-                            with_env_at(h, now.into_std(), |env| engine.on_client_input(&mut b, env));
+                            with_env_at(h, &mut views, now.into_std(), |env| engine.on_client_input(&mut b, env));
                         }
                     }
                 }
@@ -280,7 +282,7 @@ pub async fn run(
             (slot, node, r) = acquired(&mut acquiring) => {
                 acquiring = None;
                 match r {
-                    Ok(lease) => install(&mut engine, &mut servers, slot, lease, &mut b, h),
+                    Ok(lease) => install(&mut engine, &mut servers, slot, lease, &mut b, h, &mut views),
                     Err(e) => {
                         if let AcquireError::Connect(c) = &e {
                             if c.suggests_node_failure() {
@@ -289,7 +291,7 @@ pub async fn run(
                         }
                         tracing::warn!(error = %e, "no server connection for the session");
                         let err = e.to_client();
-                        with_env(h, |env| engine.on_acquire_failed(slot, err, &mut b, env));
+                        with_env(h, &mut views, |env| engine.on_acquire_failed(slot, err, &mut b, env));
                     }
                 }
             }
@@ -303,7 +305,7 @@ pub async fn run(
             // PAUSE or RESUME of the cluster while a batch was held.
             () = gate.changed(), if holding => {
                 if gate.admit(engine.quiescent(&b), &mut b.client_in) {
-                    with_env(h, |env| engine.on_client_input(&mut b, env));
+                    with_env(h, &mut views, |env| engine.on_client_input(&mut b, env));
                 }
             }
             _ = idle.as_mut(), if idle_enabled && quiescent && !holding => {
@@ -325,7 +327,7 @@ pub async fn run(
             }
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
-                with_env(h, |env| engine.flush_partial(&mut b, env));
+                with_env(h, &mut views, |env| engine.flush_partial(&mut b, env));
             }
         }
         for kind in engine.take_errors() {
@@ -344,6 +346,7 @@ pub async fn run(
         &mut pools,
         &mut b,
         h,
+        &mut views,
     );
     close_client(&end, &mut client.stream, &mut b.client_out).await;
     end
@@ -370,17 +373,43 @@ fn give_back_buffers(b: &mut Buffers) {
     crate::memory::want_trim();
 }
 
-fn with_env<R>(h: &Handles, f: impl FnOnce(&Env) -> R) -> R {
-    with_env_at(h, std::time::Instant::now(), f)
+/// The shared topology and health as a session reads them: through caches, so that a read
+/// is a pointer comparison while neither changed (a plain `ArcSwap::load` takes a slot of
+/// arc-swap's debt list, several times per transaction).
+struct Views<'s> {
+    topology: arc_swap::Cache<
+        &'s arc_swap::ArcSwap<crate::topology::Topology>,
+        Arc<crate::topology::Topology>,
+    >,
+    health:
+        arc_swap::Cache<&'s arc_swap::ArcSwap<crate::health::Health>, Arc<crate::health::Health>>,
+}
+
+impl<'s> Views<'s> {
+    fn new(h: &Handles<'s>) -> Views<'s> {
+        Views {
+            topology: arc_swap::Cache::new(h.topology),
+            health: arc_swap::Cache::new(h.health),
+        }
+    }
+}
+
+fn with_env<R>(h: &Handles, v: &mut Views, f: impl FnOnce(&Env) -> R) -> R {
+    with_env_at(h, v, std::time::Instant::now(), f)
 }
 
 /// [`with_env`] at a time the caller has already read.
-fn with_env_at<R>(h: &Handles, now: std::time::Instant, f: impl FnOnce(&Env) -> R) -> R {
-    let topology = h.topology.load();
-    let health = h.health.load();
+fn with_env_at<R>(
+    h: &Handles,
+    v: &mut Views,
+    now: std::time::Instant,
+    f: impl FnOnce(&Env) -> R,
+) -> R {
+    let topology = v.topology.load();
+    let health = v.health.load();
     let env = Env {
-        topology: &topology,
-        health: &health,
+        topology,
+        health,
         metrics: h.metrics,
         learned: h.learned,
         scopes: h.scopes,
@@ -392,11 +421,20 @@ fn with_env_at<R>(h: &Handles, now: std::time::Instant, f: impl FnOnce(&Env) -> 
     f(&env)
 }
 
-fn on_server_event(engine: &mut Engine, slot: Slot, ev: IoEvent, b: &mut Buffers, h: &Handles) {
+fn on_server_event(
+    engine: &mut Engine,
+    slot: Slot,
+    ev: IoEvent,
+    b: &mut Buffers,
+    h: &Handles,
+    v: &mut Views,
+) {
     match ev {
-        IoEvent::Read => with_env(h, |env| engine.on_server_input(slot, b, env)),
+        IoEvent::Read => with_env(h, v, |env| engine.on_server_input(slot, b, env)),
         IoEvent::Wrote => {}
-        IoEvent::Closed(reason) => with_env(h, |env| engine.on_server_closed(slot, reason, b, env)),
+        IoEvent::Closed(reason) => {
+            with_env(h, v, |env| engine.on_server_closed(slot, reason, b, env))
+        }
     }
 }
 
@@ -430,6 +468,7 @@ fn install(
     mut lease: Lease,
     b: &mut Buffers,
     h: &Handles,
+    v: &mut Views,
 ) {
     let Some(state) = lease.conn.state.take() else {
         return;
@@ -441,7 +480,7 @@ fn install(
     // An idle connection is handed over between messages: nothing unread.
     lease.conn.rbuf.clear();
     servers[slot.index()] = Some(Held { lease, sock });
-    with_env(h, |env| engine.on_acquired(slot, state, b, env));
+    with_env(h, v, |env| engine.on_acquired(slot, state, b, env));
 }
 
 /// Carries out what the engine asked for.
@@ -452,13 +491,14 @@ fn perform(
     cache: &mut PoolCache,
     b: &mut Buffers,
     h: &Handles,
+    v: &mut Views,
 ) {
     while let Some(action) = engine.next_action() {
         match action {
             Action::Acquire { slot, node } => {
                 let pool = cache.get(&node, engine, h);
                 if let Some(lease) = pool.try_acquire_now() {
-                    install(engine, servers, slot, lease, b, h);
+                    install(engine, servers, slot, lease, b, h, v);
                     continue;
                 }
                 let options = crate::backend::ConnectOptions::from(&h.topology.load().limits);
