@@ -63,6 +63,9 @@ fn key_of(body: &[u8]) -> u128 {
 pub struct Statements {
     map: HashMap<String, (Arc<StatementDef>, u64)>,
     next_seq: u64,
+    /// The classification inputs (`Ctx::epoch`) the unnamed statement was defined under, when
+    /// its definition may serve a Parse of the same text again.
+    unnamed_epoch: Option<u64>,
 }
 
 impl Statements {
@@ -78,6 +81,27 @@ impl Statements {
         self.next_seq += 1;
         self.map.insert(name.to_owned(), (def, self.next_seq));
         self.next_seq
+    }
+
+    /// The unnamed statement's definition, for a new Parse of it with the same body, when
+    /// nothing it was classified with has changed: drivers re-parse the same unnamed statement
+    /// for every execution (`-M extended`), and its text is classified once.
+    fn unnamed_again(&self, body: &[u8], ctx: &Ctx) -> Option<Arc<StatementDef>> {
+        if self.unnamed_epoch != Some(ctx.epoch) {
+            return None;
+        }
+        let def = self.get("")?;
+        if *def.body != *body {
+            return None;
+        }
+        // Replicas refused this text since: it is classified again (a write now).
+        if matches!(def.class, Class::Read | Class::Empty | Class::Begin { .. })
+            && !ctx.learned.is_empty()
+            && ctx.learned.contains(ctx.user, def.shape())
+        {
+            return None;
+        }
+        Some(def.clone())
     }
 
     /// Withdraws `name` if it still holds the definition numbered `seq`.
@@ -265,6 +289,9 @@ pub struct Ctx<'a> {
     pub encoding: ClientEncoding,
     /// Whose learned writes apply.
     pub user: &'a str,
+    /// Changes whenever `writes` or `encoding` may have: a definition classified under
+    /// another epoch is not reused.
+    pub epoch: u64,
 }
 
 /// Adds one extended-protocol or Query/FunctionCall message to `batch`, updating `statements`.
@@ -308,17 +335,34 @@ pub fn add(
         tag::PARSE => {
             let (name, rest) = read_cstr(body).ok_or("malformed Parse message")?;
             let (sql, _) = read_cstr(rest).ok_or("malformed Parse message")?;
+            let again = if name.is_empty() {
+                statements.unnamed_again(rest, ctx)
+            } else {
+                None
+            };
             let name = String::from_utf8_lossy(name).into_owned();
-            let key = key_of(rest);
-            let c = classify_learned(sql, || key as u64, ctx);
-            let def = Arc::new(StatementDef {
-                key,
-                body: msg.slice_ref(rest),
-                class: c.class,
-                hint: c.hint,
-                copies: c.copies,
-                causal_token: c.causal_token,
-            });
+            let def = match again {
+                Some(def) => def,
+                None => {
+                    let key = key_of(rest);
+                    let c = classify_learned(sql, || key as u64, ctx);
+                    // A class learned from replicas' refusals is not reused: those age out.
+                    let learned = matches!(c.class, Class::Write)
+                        && !ctx.learned.is_empty()
+                        && ctx.learned.contains(ctx.user, key as u64);
+                    if name.is_empty() {
+                        statements.unnamed_epoch = (!learned).then_some(ctx.epoch);
+                    }
+                    Arc::new(StatementDef {
+                        key,
+                        body: msg.slice_ref(rest),
+                        class: c.class,
+                        hint: c.hint,
+                        copies: c.copies,
+                        causal_token: c.causal_token,
+                    })
+                }
+            };
             batch.extended = true;
             batch.parse_class = Some(match batch.parse_class.take() {
                 None => def.class.clone(),

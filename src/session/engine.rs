@@ -295,6 +295,8 @@ pub struct Engine {
     pub(crate) probe_hint: Option<(Arc<str>, Arc<crate::health::hints::ClusterHint>)>,
     /// How the client's SQL bytes form characters, from the last `client_encoding` reported.
     pub(crate) client_encoding: ClientEncoding,
+    /// Bumped when the write functions or the client encoding change (`batch::Ctx::epoch`).
+    pub(crate) classify_epoch: u64,
     /// NoticeResponses owed to the client before the next batch's answers.
     pub(crate) notices: Vec<String>,
     /// The last health snapshot seen, for this cluster: (snapshot, spec, aligned state).
@@ -380,6 +382,7 @@ impl Engine {
             reported_token: None,
             waiting_for: None,
             client_encoding: start.client_encoding,
+            classify_epoch: 0,
             functions: None,
             probe_hint: None,
             notices: Vec::new(),

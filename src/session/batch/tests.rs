@@ -17,6 +17,7 @@ fn ctx<'a>(w: &'a WriteFunctions, learned: &'a LearnedWrites) -> Ctx<'a> {
         max_statements: 100,
         encoding: ClientEncoding::Utf8,
         user: "app",
+        epoch: 0,
     }
 }
 
@@ -324,5 +325,49 @@ fn sql_is_read_in_the_client_encoding_and_unreadable_sql_is_a_write() {
             "{enc:?} {:?}",
             String::from_utf8_lossy(sql)
         );
+    }
+}
+
+/// The definition of the unnamed statement a Parse re-sends (text unchanged, classification
+/// inputs unchanged) is the one made before; anything else is classified afresh.
+#[test]
+fn an_unnamed_statement_parsed_again_is_classified_once() {
+    let plain = WriteFunctions::default();
+    let writer = WriteFunctions::new(["bump"]);
+    let learned = LearnedWrites::default();
+    let unnamed_def = |b: &Batch| match &b.msgs[0] {
+        Msg::ParseUnnamed { def, .. } => def.clone(),
+        other => panic!("not an unnamed Parse: {other:?}"),
+    };
+    let run = |st: &mut Statements, sql: &str, c: &Ctx| {
+        let mut b = Batch::default();
+        add(&mut b, st, parse("", sql), c).unwrap();
+        add(&mut b, st, bind(""), c).unwrap();
+        b
+    };
+    let mut st = Statements::default();
+    let c0 = ctx(&plain, &learned);
+    let first = run(&mut st, "select bump()", &c0);
+    let again = run(&mut st, "select bump()", &c0);
+    assert!(Arc::ptr_eq(&unnamed_def(&first), &unnamed_def(&again)));
+    assert_eq!(again.class, Some(Class::Read));
+    // Other text: a new definition.
+    let other = run(&mut st, "select bump(2)", &c0);
+    assert!(!Arc::ptr_eq(&unnamed_def(&again), &unnamed_def(&other)));
+    // The write functions changed (a new epoch): classified again, now a write.
+    let c1 = Ctx {
+        writes: &writer,
+        epoch: 1,
+        ..ctx(&plain, &learned)
+    };
+    let fresh = run(&mut st, "select bump(2)", &c1);
+    assert!(!Arc::ptr_eq(&unnamed_def(&other), &unnamed_def(&fresh)));
+    assert_eq!(fresh.class, Some(Class::Write));
+    // A named statement never takes the unnamed one's definition.
+    let mut b = Batch::default();
+    add(&mut b, &mut st, parse("s1", "select bump(2)"), &c1).unwrap();
+    match &b.msgs[0] {
+        Msg::Parse { def, .. } => assert!(!Arc::ptr_eq(def, &unnamed_def(&fresh))),
+        other => panic!("not a named Parse: {other:?}"),
     }
 }

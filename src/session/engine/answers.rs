@@ -639,7 +639,10 @@ impl Engine {
         if let Some((b"client_encoding", value)) = crate::protocol::backend::parameter_status(body)
         {
             if let Some(enc) = ClientEncoding::from_name(&String::from_utf8_lossy(value)) {
-                self.client_encoding = enc;
+                if enc != self.client_encoding {
+                    self.client_encoding = enc;
+                    self.classify_epoch += 1;
+                }
             }
         }
     }

@@ -89,6 +89,7 @@ impl Engine {
                         max_statements: MAX_SESSION_STATEMENTS,
                         encoding: self.client_encoding,
                         user: &self.user.name,
+                        epoch: self.classify_epoch,
                     };
                     match batch::add(&mut self.batch, &mut self.statements, msg, &ctx) {
                         Ok(batch::Step::Send) => self.dispatch(b, env),
@@ -578,6 +579,7 @@ impl Engine {
                 .get(&self.cluster.name)
                 .map(|v| self.topology.write_functions.with_catalog(v));
             self.functions = Some((version, self.topology.clone(), writes));
+            self.classify_epoch += 1;
         }
     }
 }

@@ -256,7 +256,7 @@ proptest! {
         let sql: Vec<u8> = sql.into_iter().filter(|&b| b != 0).collect();
         let writes = WriteFunctions::default();
         let learned = LearnedWrites::default();
-        let ctx = Ctx { writes: &writes, learned: &learned, max_statements: 10, encoding: enc, user: "app" };
+        let ctx = Ctx { writes: &writes, learned: &learned, max_statements: 10, encoding: enc, user: "app", epoch: 0 };
         let (mut batch, mut statements) = (Batch::default(), Statements::default());
         let mut body = if simple { Vec::new() } else { b"s\0".to_vec() };
         body.extend_from_slice(&sql);
