@@ -3,6 +3,7 @@
 pub mod encoding;
 mod lexer;
 mod rules;
+pub mod shape;
 #[cfg(test)]
 mod tests;
 

@@ -5,6 +5,7 @@ use super::{classify, Class, Hint, PinReason, Setting, WriteFunctions};
 mod functions;
 mod holdout;
 mod robustness;
+mod shape;
 
 const R: Class = Class::Read;
 const W: Class = Class::Write;

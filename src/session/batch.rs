@@ -66,6 +66,51 @@ pub struct Statements {
     /// The classification inputs (`Ctx::epoch`) the unnamed statement was defined under, when
     /// its definition may serve a Parse of the same text again.
     unnamed_epoch: Option<u64>,
+    /// Classes of the plain queries sent lately, by shape.
+    shapes: Shapes,
+}
+
+/// Classes of the plain query texts a session sent lately, by shape (numbers blanked, see
+/// `classify::shape`): traffic like pgbench's sends one shape with other numbers each time,
+/// and it is classified once.
+#[derive(Debug, Default)]
+struct Shapes {
+    entries: Vec<(Box<[u8]>, crate::classify::Classified)>,
+    /// The entry replaced next once full.
+    next: usize,
+    /// The classification inputs the entries were made under (`Ctx::epoch`).
+    epoch: u64,
+    scratch: Vec<u8>,
+}
+
+impl Shapes {
+    const MAX: usize = 8;
+
+    fn classify(&mut self, text: &str, ctx: &Ctx) -> crate::classify::Classified {
+        if self.epoch != ctx.epoch {
+            self.entries.clear();
+            self.next = 0;
+            self.epoch = ctx.epoch;
+        }
+        if !crate::classify::shape::numbers_blanked(text.as_bytes(), &mut self.scratch) {
+            return classify(text, ctx.writes);
+        }
+        if let Some((_, c)) = self.entries.iter().find(|(s, _)| **s == *self.scratch) {
+            return c.clone();
+        }
+        let c = classify(text, ctx.writes);
+        // Only classes that carry nothing of the text's own.
+        if matches!(c.class, Class::Read | Class::Write | Class::Pin(_)) {
+            let entry = (Box::from(self.scratch.as_slice()), c.clone());
+            if self.entries.len() < Self::MAX {
+                self.entries.push(entry);
+            } else {
+                self.entries[self.next] = entry;
+                self.next = (self.next + 1) % Self::MAX;
+            }
+        }
+        c
+    }
 }
 
 impl Statements {
@@ -102,6 +147,11 @@ impl Statements {
             return None;
         }
         Some(def.clone())
+    }
+
+    /// A quiet session keeps no query shapes.
+    pub fn forget_shapes(&mut self) {
+        self.shapes = Shapes::default();
     }
 
     /// Withdraws `name` if it still holds the definition numbered `seq`.
@@ -194,6 +244,7 @@ fn classify_learned(
     sql: &[u8],
     shape: impl FnOnce() -> u64,
     ctx: &Ctx,
+    shapes: Option<&mut Shapes>,
 ) -> crate::classify::Classified {
     let Some(text) = ctx.encoding.readable(sql) else {
         return crate::classify::Classified {
@@ -204,7 +255,10 @@ fn classify_learned(
             copies: true,
         };
     };
-    let mut c = classify(&text, ctx.writes);
+    let mut c = match shapes {
+        Some(shapes) => shapes.classify(&text, ctx),
+        None => classify(&text, ctx.writes),
+    };
     if matches!(text, Cow::Owned(_)) && matches!(c.class, Class::Session(_)) {
         // Settings are replayed as UTF-8 text; this one stays on its server connection.
         c.class = Class::Pin(PinReason::EncodedSetting);
@@ -309,7 +363,7 @@ pub fn add(
     let (step, m) = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
-            let c = classify_learned(sql, || hash_of(sql), ctx);
+            let c = classify_learned(sql, || hash_of(sql), ctx, Some(&mut statements.shapes));
             if c.causal_token.is_some() {
                 batch.causal_token = c.causal_token.clone();
             }
@@ -345,7 +399,7 @@ pub fn add(
                 Some(def) => def,
                 None => {
                     let key = key_of(rest);
-                    let c = classify_learned(sql, || key as u64, ctx);
+                    let c = classify_learned(sql, || key as u64, ctx, None);
                     // A class learned from replicas' refusals is not reused: those age out.
                     let learned = matches!(c.class, Class::Write)
                         && !ctx.learned.is_empty()

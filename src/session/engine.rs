@@ -392,9 +392,11 @@ impl Engine {
         engine
     }
 
-    /// The session went quiet: the allocations kept for the next lease go too.
+    /// The session went quiet: the allocations kept for the next lease and the query shapes
+    /// go too.
     pub fn drop_spares(&mut self) {
         self.spare = Spare::default();
+        self.statements.forget_shapes();
     }
 
     /// The next thing the driver must do.
