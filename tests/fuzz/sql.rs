@@ -325,3 +325,108 @@ fn soup() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(proptest::sample::select(PIECES), 0..40)
         .prop_map(|p| p.concat().into_bytes())
 }
+
+/// Words, numbers and punctuation of statements whose class might hang on a number.
+fn numeric_soup() -> impl Strategy<Value = String> {
+    const PIECES: &[&str] = &[
+        "0",
+        "1",
+        "42",
+        "1.5",
+        "2e3",
+        ".5",
+        "select ",
+        "from t ",
+        "where a = ",
+        "limit ",
+        "offset ",
+        "for ",
+        "update ",
+        "share ",
+        "no ",
+        "key ",
+        "insert into t ",
+        "values ",
+        "delete from t ",
+        "set ",
+        "local ",
+        "session ",
+        "transaction_read_only ",
+        "to ",
+        "= ",
+        "statement_timeout ",
+        "analyze ",
+        "explain ",
+        "(",
+        ")",
+        ",",
+        ";",
+        " ",
+        "-",
+        "+",
+        "*",
+        ".",
+        "begin ",
+        "read ",
+        "only ",
+        "write ",
+        "pg_advisory_lock",
+        "pg_sleep",
+        "nextval",
+        "t1",
+        "x2 ",
+        "fetch ",
+        "declare c cursor ",
+        "with ",
+        "as ",
+        "copy ",
+        "call ",
+        "e",
+    ];
+    proptest::collection::vec(proptest::sample::select(PIECES), 1..24).prop_map(|p| p.concat())
+}
+
+/// `sql` with every digit run outside a word replaced by `with`.
+fn renumbered(sql: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut in_word = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() && !in_word {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push_str(with);
+            in_word = true;
+            continue;
+        }
+        out.push(c);
+        in_word = c.is_alphanumeric() || c == '_';
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(cases(4000))]
+
+    /// Sessions reuse the class of a plain query's shape (its numbers blanked) for Read, Write
+    /// and Pin: text that qualifies classifies as its shape does, in any numbering, and text
+    /// of another class is never taken for one of those.
+    #[test]
+    fn a_shape_has_one_class(sql in numeric_soup()) {
+        let _case = Case::start("a_shape_has_one_class");
+        let mut shape = Vec::new();
+        if pgmeridian::classify::shape::numbers_blanked(sql.as_bytes(), &mut shape) {
+            let shape = String::from_utf8(shape).expect("the shape of text is text");
+            let kept = |c: &Class| matches!(c, Class::Read | Class::Write | Class::Pin(_));
+            let of_shape = classify(&shape, &writes()).class;
+            for variant in [sql.clone(), renumbered(&sql, "7"), renumbered(&sql, "1")] {
+                let got = classify(&variant, &writes()).class;
+                prop_assert_eq!(kept(&got), kept(&of_shape), "{:?} ({:?}) vs shape {:?} ({:?})", variant, got, shape, of_shape);
+                if kept(&got) {
+                    prop_assert_eq!(got, of_shape.clone(), "{:?} vs shape {:?}", variant, shape);
+                }
+            }
+        }
+    }
+}
