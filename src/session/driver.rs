@@ -319,7 +319,7 @@ pub async fn run(
                 let due = last_read + SHRINK_AFTER;
                 if Instant::now() >= due {
                     shrink_due = false;
-                    engine.drop_spares();
+                    engine.forget_shapes();
                     give_back_buffers(&mut b);
                 } else {
                     shrink.as_mut().reset(due);

@@ -30,6 +30,7 @@ pub(crate) mod expect;
 mod local;
 mod observe;
 mod send;
+mod spare;
 #[cfg(test)]
 mod tests;
 
@@ -158,12 +159,13 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn new(state: Box<ServerState>, replica: Option<usize>, spare: &mut Spare) -> Server {
+    fn new(state: Box<ServerState>, replica: Option<usize>) -> Server {
+        let (queue, tentative) = spare::take();
         Server {
             state,
             replica,
             owed: Owed {
-                queue: std::mem::take(&mut spare.queue),
+                queue,
                 ..Owed::default()
             },
             open_batch: false,
@@ -171,7 +173,7 @@ impl Server {
             remaining_sink: expect::Sink::Client,
             need: 0,
             retry: None,
-            tentative: std::mem::take(&mut spare.tentative),
+            tentative,
             sent_fatal: false,
             farewell: None,
             dirty: false,
@@ -306,36 +308,6 @@ pub struct Engine {
         Arc<ClusterSpec>,
         Option<Arc<crate::health::ClusterHealth>>,
     )>,
-    /// Allocations of the last connection given back, for the next lease (a lease a
-    /// transaction would otherwise allocate them anew).
-    pub(crate) spare: Spare,
-}
-
-/// A released connection's empty answer queue and held-answers buffer.
-#[derive(Default)]
-pub(crate) struct Spare {
-    queue: VecDeque<expect::Expect>,
-    tentative: BytesMut,
-}
-
-impl Spare {
-    /// Larger ones are dropped: a quiet session keeps little.
-    const MAX_QUEUE: usize = 16;
-    const MAX_TENTATIVE: usize = 4096;
-
-    pub(crate) fn keep(&mut self, mut queue: VecDeque<expect::Expect>, tentative: BytesMut) {
-        if queue.capacity() <= Self::MAX_QUEUE && queue.capacity() > self.queue.capacity() {
-            queue.clear();
-            self.queue = queue;
-        }
-        if tentative.capacity() <= Self::MAX_TENTATIVE
-            && tentative.capacity() > self.tentative.capacity()
-        {
-            let mut tentative = tentative;
-            tentative.clear();
-            self.tentative = tentative;
-        }
-    }
 }
 
 impl Engine {
@@ -386,16 +358,13 @@ impl Engine {
             functions: None,
             probe_hint: None,
             notices: Vec::new(),
-            spare: Spare::default(),
         };
         engine.scope = scope;
         engine
     }
 
-    /// The session went quiet: the allocations kept for the next lease and the query shapes
-    /// go too.
-    pub fn drop_spares(&mut self) {
-        self.spare = Spare::default();
+    /// The session went quiet: the query shapes it kept go.
+    pub fn forget_shapes(&mut self) {
         self.statements.forget_shapes();
     }
 

@@ -440,7 +440,7 @@ impl Engine {
             tentative,
             ..
         } = server;
-        self.spare.keep(owed.queue, tentative);
+        super::spare::keep(owed.queue, tentative);
         self.actions
             .push_back(Action::Release { slot, state, reuse });
     }

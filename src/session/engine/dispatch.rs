@@ -348,7 +348,7 @@ impl Engine {
         };
         b.server_in[slot.index()].clear();
         b.server_out[slot.index()].clear();
-        let mut server = Server::new(state, replica, &mut self.spare);
+        let mut server = Server::new(state, replica);
         if self.route.pinned && slot == Slot::Primary {
             server.dedicated = true;
             self.actions.push_back(Action::Dedicate { slot });
