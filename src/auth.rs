@@ -38,6 +38,63 @@ pub fn mock_salt(user_name: &str) -> Vec<u8> {
     hmac::sign(&MOCK_SALT_KEY, user_name.as_bytes()).as_ref()[..SALT_LEN].to_vec()
 }
 
+/// A configured user's SCRAM verifier, derived once per configuration load: the proof is
+/// checked against `stored_key` and the server signature made with `server_key` (two HMACs per
+/// login instead of four from the salted password).
+pub struct ScramKeys {
+    salt: Vec<u8>,
+    iterations: usize,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl ScramKeys {
+    /// From `Hi(password, salt, iterations)`.
+    pub fn from_salted(salt: Vec<u8>, salted_password: Vec<u8>, iterations: usize) -> ScramKeys {
+        match ScramSecret::verifier_from_salted_password(salt, salted_password, iterations) {
+            ScramSecret::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            } => ScramKeys {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            },
+            ScramSecret::SaltedPassword { .. } => unreachable!("pgwire derives a verifier"),
+        }
+    }
+
+    /// Keys no proof can match, shown with `salt` and `iterations` (unknown users).
+    fn mock(salt: Vec<u8>, iterations: usize) -> ScramKeys {
+        ScramKeys {
+            salt,
+            iterations,
+            stored_key: rand::random::<[u8; 32]>().to_vec(),
+            server_key: rand::random::<[u8; 32]>().to_vec(),
+        }
+    }
+
+    fn secret(&self) -> ScramSecret {
+        ScramSecret::Verifier {
+            salt: self.salt.clone(),
+            iterations: self.iterations,
+            stored_key: self.stored_key.clone(),
+            server_key: self.server_key.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramKeys")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub enum AuthError {
     /// Tell the client and close.
@@ -68,16 +125,18 @@ fn malformed(what: &str) -> AuthError {
 
 /// Runs the exchange for `user_name`. `user` is None for an unknown name: the exchange still
 /// runs against a random secret, so unknown and wrong-password users look the same.
-/// `scram` carries the TLS certificate when channel binding is possible on this connection.
+/// `scram` carries the TLS certificate when channel binding is possible on this connection;
+/// `mock_iterations` is what configured users' verifiers show (an unknown name shows it too).
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut MessageIo<S>,
     user_name: &str,
     user: Option<&UserSpec>,
     scram: &ScramServerAuth,
+    mock_iterations: u32,
 ) -> Result<(), AuthError> {
     match user.map(|u| u.auth) {
         Some(AuthMethod::Md5) => md5(io, user_name, user).await,
-        _ => scram_sha_256(io, user_name, user, scram).await,
+        _ => scram_sha_256(io, user_name, user, scram, mock_iterations).await,
     }
 }
 
@@ -86,6 +145,7 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
     user_name: &str,
     user: Option<&UserSpec>,
     scram: &ScramServerAuth,
+    mock_iterations: u32,
 ) -> Result<(), AuthError> {
     let mut mechanisms = vec![SCRAM.to_owned()];
     if scram.supports_channel_binding() {
@@ -106,15 +166,9 @@ async fn scram_sha_256<S: AsyncRead + AsyncWrite + Unpin>(
     check_channel_binding_flag(mechanism, data, scram.supports_channel_binding())
         .map_err(AuthError::Client)?;
     let secret = match user {
-        Some(u) => ScramSecret::SaltedPassword {
-            salt: u.scram_salt.clone(),
-            salted_password: u.scram_salted_password.clone(),
-        },
-        // The proof cannot match a random salted password; the salt must not give that away.
-        None => ScramSecret::SaltedPassword {
-            salt: mock_salt(user_name),
-            salted_password: rand::random::<[u8; 32]>().to_vec(),
-        },
+        Some(u) => u.scram.secret(),
+        // The proof cannot match random keys; the salt and iterations must not give that away.
+        None => ScramKeys::mock(mock_salt(user_name), mock_iterations as usize).secret(),
     };
     let (server_first, waiting) = scram
         .on_client_first_message_with_secret(data, secret)
@@ -343,7 +397,7 @@ mod tests {
         let name = user_name.to_owned();
         let server = tokio::spawn(async move {
             let mut io = MessageIo::new(server_end);
-            authenticate(&mut io, &name, user.as_deref(), &scram).await
+            authenticate(&mut io, &name, user.as_deref(), &scram, 4096).await
         });
         let mut client = MessageIo::new(client_end);
         let offer = client.read_message(8192).await.unwrap();
@@ -389,10 +443,11 @@ mod tests {
             name: "app".into(),
             password: "pw".into(),
             auth: AuthMethod::ScramSha256,
-            scram_salted_password: pgwire::api::auth::sasl::scram::gen_salted_password(
-                "pw", &salt, 4096,
+            scram: ScramKeys::from_salted(
+                salt.clone(),
+                pgwire::api::auth::sasl::scram::gen_salted_password("pw", &salt, 4096),
+                4096,
             ),
-            scram_salt: salt,
             backend_scram: Default::default(),
             admin: false,
         })

@@ -45,7 +45,12 @@ fn layer<S>(json: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal: files, journald and `docker logs` get plain text
+    // (and a session's span fields are formatted once per session, without escape codes).
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         // Each line: timestamp, level, fields, target, the innermost span and the span list.
         fmt.json()

@@ -52,9 +52,9 @@ pub struct UserSpec {
     pub auth: AuthMethod,
     /// May open the admin console.
     pub admin: bool,
-    /// SCRAM salt and `Hi(password, salt, 4096)`, computed once per load, not per login.
-    pub scram_salt: Vec<u8>,
-    pub scram_salted_password: Vec<u8>,
+    /// The SCRAM verifier (salt, iterations, stored and server keys), derived once per load,
+    /// not per login.
+    pub scram: crate::auth::ScramKeys,
     /// Backend logins: salted passwords by the node's salt, derived once each.
     pub backend_scram: crate::backend::scram::SaltedPasswords,
 }
@@ -213,8 +213,11 @@ impl Topology {
                     password: u.password.clone(),
                     auth: u.auth,
                     admin: u.admin,
-                    scram_salt: salt.to_vec(),
-                    scram_salted_password: salted,
+                    scram: crate::auth::ScramKeys::from_salted(
+                        salt.to_vec(),
+                        salted,
+                        scram_iterations as usize,
+                    ),
                     backend_scram: Default::default(),
                 };
                 Arc::new(spec)

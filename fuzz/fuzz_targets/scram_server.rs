@@ -54,8 +54,11 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
             password: PASSWORD.into(),
             auth,
             admin: false,
-            scram_salt: salt.clone(),
-            scram_salted_password: salted.to_vec(),
+            scram: pgmeridian::auth::ScramKeys::from_salted(
+                salt.clone(),
+                salted.to_vec(),
+                ITERATIONS as usize,
+            ),
             backend_scram: Default::default(),
         })
     };
@@ -139,7 +142,7 @@ fuzz_target!(|input: &[u8]| {
     let mut io = MessageIo::new(peer);
     let scram = if plus_offered { &s.plus } else { &s.plain };
     let user = known_user.then(|| if md5 { &*s.md5 } else { &*s.scram });
-    let got = run_now(authenticate(&mut io, "app", user, scram));
+    let got = run_now(authenticate(&mut io, "app", user, scram, ITERATIONS));
     // Every exchange ends: the proxy never reads on after the client's final message.
     assert!(
         io.io.turns <= 3,

@@ -31,8 +31,7 @@ fn user() -> UserSpec {
         name: "app".into(),
         password: "the-password".into(),
         auth: AuthMethod::ScramSha256,
-        scram_salt: vec![0; 16],
-        scram_salted_password: vec![0; 32],
+        scram: crate::auth::ScramKeys::from_salted(vec![0; 16], vec![0; 32], 4096),
         backend_scram: Default::default(),
         admin: false,
     }

@@ -190,7 +190,8 @@ pub async fn handshake(
         (Some(tls), true) => &tls.scram,
         _ => &shared.scram_plain,
     };
-    match auth::authenticate(&mut io, &user_name, user.as_deref(), scram).await {
+    let iterations = topology.scram_iterations;
+    match auth::authenticate(&mut io, &user_name, user.as_deref(), scram, iterations).await {
         Ok(()) => {}
         Err(AuthError::Client(e)) => return Outcome::Refused(io, e),
         Err(AuthError::Gone(e)) => {

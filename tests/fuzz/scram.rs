@@ -50,8 +50,7 @@ fn server() -> &'static Server {
                 password: PASSWORD.into(),
                 auth: AuthMethod::ScramSha256,
                 admin: false,
-                scram_salt: salt,
-                scram_salted_password: salted,
+                scram: pgmeridian::auth::ScramKeys::from_salted(salt, salted, ITERATIONS as usize),
                 backend_scram: Default::default(),
             }),
             plain: ScramServerAuth::new(),
@@ -228,7 +227,7 @@ proptest! {
         let mut io = MessageIo::new(peer);
         let scram = if a.plus_offered { &s.plus } else { &s.plain };
         let user = a.known_user.then(|| s.user.as_ref());
-        let got = gen::run_now(authenticate(&mut io, "app", user, scram));
+        let got = gen::run_now(authenticate(&mut io, "app", user, scram, ITERATIONS));
         prop_assert!(io.io.turns <= 3, "the proxy kept reading: {} turns", io.io.turns);
         match &got {
             Ok(()) => {
