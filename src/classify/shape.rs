@@ -7,8 +7,16 @@
 //! the statement runs), and short enough to keep. The tests check the rule over the
 //! classifier's whole table in several numberings.
 
+use super::Class;
+
 /// Longest text whose shape is taken.
 pub const MAX_SHAPE: usize = 1024;
+
+/// The classes that may be reused for every text of a shape: those that carry nothing of the
+/// text's own (a setting's value, a token).
+pub fn kept_by_shape(class: &Class) -> bool {
+    matches!(class, Class::Read | Class::Write | Class::Pin(_))
+}
 
 /// What a byte means to the shape scan.
 const PLAIN: u8 = 0;

@@ -4,6 +4,7 @@ use super::{classify, Class, Hint, PinReason, Setting, WriteFunctions};
 
 mod functions;
 mod holdout;
+mod renumber;
 mod robustness;
 mod shape;
 

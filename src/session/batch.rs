@@ -99,8 +99,7 @@ impl Shapes {
             return c.clone();
         }
         let c = classify(text, ctx.writes);
-        // Only classes that carry nothing of the text's own.
-        if matches!(c.class, Class::Read | Class::Write | Class::Pin(_)) {
+        if crate::classify::shape::kept_by_shape(&c.class) {
             let entry = (Box::from(self.scratch.as_slice()), c.clone());
             if self.entries.len() < Self::MAX {
                 self.entries.push(entry);
@@ -140,10 +139,7 @@ impl Statements {
             return None;
         }
         // Replicas refused this text since: it is classified again (a write now).
-        if matches!(def.class, Class::Read | Class::Empty | Class::Begin { .. })
-            && !ctx.learned.is_empty()
-            && ctx.learned.contains(ctx.user, def.shape())
-        {
+        if refused_before(&def.class, || def.shape(), ctx) {
             return None;
         }
         Some(def.clone())
@@ -240,20 +236,22 @@ pub struct Batch {
 /// Classifies `sql`, read in the session's client encoding, overriding a read with Write when
 /// replicas have refused this text (`shape`, computed only when something was learned) before.
 /// Text that is not valid in its encoding cannot be read, so it is a write (fail closed).
+/// Also says whether the class came from that override.
 fn classify_learned(
     sql: &[u8],
     shape: impl FnOnce() -> u64,
     ctx: &Ctx,
     shapes: Option<&mut Shapes>,
-) -> crate::classify::Classified {
+) -> (crate::classify::Classified, bool) {
     let Some(text) = ctx.encoding.readable(sql) else {
-        return crate::classify::Classified {
+        let unreadable = crate::classify::Classified {
             class: Class::Write,
             hint: None,
             causal_token: None,
             // Unreadable: it may be anything.
             copies: true,
         };
+        return (unreadable, false);
     };
     let mut c = match shapes {
         Some(shapes) => shapes.classify(&text, ctx),
@@ -263,14 +261,19 @@ fn classify_learned(
         // Settings are replayed as UTF-8 text; this one stays on its server connection.
         c.class = Class::Pin(PinReason::EncodedSetting);
     }
-    let (learned, user) = (ctx.learned, ctx.user);
-    if matches!(c.class, Class::Read | Class::Empty | Class::Begin { .. })
-        && !learned.is_empty()
-        && learned.contains(user, shape())
-    {
+    let overridden = refused_before(&c.class, shape, ctx);
+    if overridden {
         c.class = Class::Write;
     }
-    c
+    (c, overridden)
+}
+
+/// A statement of this class that replicas have refused before (by its `shape`, computed only
+/// when something was learned): a write from now on.
+fn refused_before(class: &Class, shape: impl FnOnce() -> u64, ctx: &Ctx) -> bool {
+    matches!(class, Class::Read | Class::Empty | Class::Begin { .. })
+        && !ctx.learned.is_empty()
+        && ctx.learned.contains(ctx.user, shape())
 }
 
 /// The shapes (learned-write identities) of what a batch executes.
@@ -363,7 +366,7 @@ pub fn add(
     let (step, m) = match msg[0] {
         tag::QUERY => {
             let (sql, _) = read_cstr(body).ok_or("malformed Query message")?;
-            let c = classify_learned(sql, || hash_of(sql), ctx, Some(&mut statements.shapes));
+            let (c, _) = classify_learned(sql, || hash_of(sql), ctx, Some(&mut statements.shapes));
             if c.causal_token.is_some() {
                 batch.causal_token = c.causal_token.clone();
             }
@@ -399,11 +402,8 @@ pub fn add(
                 Some(def) => def,
                 None => {
                     let key = key_of(rest);
-                    let c = classify_learned(sql, || key as u64, ctx, None);
+                    let (c, learned) = classify_learned(sql, || key as u64, ctx, None);
                     // A class learned from replicas' refusals is not reused: those age out.
-                    let learned = matches!(c.class, Class::Write)
-                        && !ctx.learned.is_empty()
-                        && ctx.learned.contains(ctx.user, key as u64);
                     if name.is_empty() {
                         statements.unnamed_epoch = (!learned).then_some(ctx.epoch);
                     }

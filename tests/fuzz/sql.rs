@@ -386,25 +386,9 @@ fn numeric_soup() -> impl Strategy<Value = String> {
     proptest::collection::vec(proptest::sample::select(PIECES), 1..24).prop_map(|p| p.concat())
 }
 
-/// `sql` with every digit run outside a word replaced by `with`.
-fn renumbered(sql: &str, with: &str) -> String {
-    let mut out = String::new();
-    let mut in_word = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() && !in_word {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-            out.push_str(with);
-            in_word = true;
-            continue;
-        }
-        out.push(c);
-        in_word = c.is_alphanumeric() || c == '_';
-    }
-    out
-}
+#[path = "../../src/classify/tests/renumber.rs"]
+mod renumber;
+use renumber::renumbered;
 
 proptest! {
     #![proptest_config(cases(4000))]
@@ -418,7 +402,7 @@ proptest! {
         let mut shape = Vec::new();
         if pgmeridian::classify::shape::numbers_blanked(sql.as_bytes(), &mut shape) {
             let shape = String::from_utf8(shape).expect("the shape of text is text");
-            let kept = |c: &Class| matches!(c, Class::Read | Class::Write | Class::Pin(_));
+            let kept = pgmeridian::classify::shape::kept_by_shape;
             let of_shape = classify(&shape, &writes()).class;
             for variant in [sql.clone(), renumbered(&sql, "7"), renumbered(&sql, "1")] {
                 let got = classify(&variant, &writes()).class;

@@ -1,33 +1,9 @@
 //! The shape rule: text that qualifies classifies as its shape does, whatever its numbers.
 
-use super::super::shape::numbers_blanked;
-use super::super::{classify, Class};
+use super::super::classify;
+use super::super::shape::{kept_by_shape as kept, numbers_blanked};
+use super::renumber::renumbered;
 use super::{cases, wf};
-
-/// The classes a session keeps by shape.
-fn kept(c: &Class) -> bool {
-    matches!(c, Class::Read | Class::Write | Class::Pin(_))
-}
-
-/// `sql` with every digit run outside a word replaced by `with`.
-fn renumbered(sql: &str, with: &str) -> String {
-    let mut out = String::new();
-    let mut in_word = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() && !in_word {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-            out.push_str(with);
-            in_word = true;
-            continue;
-        }
-        out.push(c);
-        in_word = c.is_alphanumeric() || c == '_';
-    }
-    out
-}
 
 #[test]
 fn blanking_keeps_words_and_refuses_what_rules_read() {
