@@ -36,7 +36,8 @@ pub struct ServerState {
     pub key: i32,
     /// Proxy-wide prepared statements this connection has, by (statement key, schema epoch it
     /// was prepared in), with the tick of their last use (least-recently-used eviction).
-    pub prepared: HashMap<(u128, u64), u64>,
+    /// Keys are outputs of a randomly keyed hash, so a cheap unkeyed hasher is safe here.
+    pub prepared: HashMap<(u128, u64), u64, rustc_hash::FxBuildHasher>,
     pub tick: u64,
     /// The statement key of what the unnamed prepared statement holds, if known.
     pub unnamed: Option<u128>,
@@ -51,7 +52,7 @@ impl ServerState {
             node,
             pid,
             key,
-            prepared: HashMap::new(),
+            prepared: HashMap::default(),
             tick: 0,
             unnamed: None,
             settings: Some(Arc::from(Vec::new())),

@@ -43,8 +43,43 @@ impl StatementDef {
 /// The name a statement has on server connections: its key and the schema epoch it was
 /// prepared in (after DDL, statements are prepared afresh under new names, since a
 /// statement's inferred parameter and result types may have changed with the schema).
-pub fn server_name(key: u128, epoch: u64) -> String {
-    format!("pgm_{key:032x}_{epoch:x}")
+pub fn server_name(key: u128, epoch: u64) -> ServerName {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; ServerName::MAX];
+    buf[..4].copy_from_slice(b"pgm_");
+    for (i, b) in buf[4..36].iter_mut().enumerate() {
+        *b = HEX[(key >> (124 - 4 * i)) as usize & 15];
+    }
+    buf[36] = b'_';
+    let digits = (64 - epoch.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, b) in buf[37..37 + digits].iter_mut().enumerate() {
+        *b = HEX[(epoch >> (4 * (digits - 1 - i))) as usize & 15];
+    }
+    ServerName {
+        buf,
+        len: 37 + digits,
+    }
+}
+
+/// A statement's name on server connections (`pgm_` + key in 32 hex digits + `_` + epoch in
+/// hex), built on the stack: it is written for every Bind.
+#[derive(Clone, Copy)]
+pub struct ServerName {
+    buf: [u8; ServerName::MAX],
+    len: usize,
+}
+
+impl ServerName {
+    const MAX: usize = 4 + 32 + 1 + 16;
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII was written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 /// Two process-wide random hash keys: collisions can be neither predicted nor met by chance.
@@ -171,10 +206,10 @@ impl Statements {
 #[derive(Debug, Clone)]
 pub enum Use {
     Unnamed(Option<Arc<StatementDef>>),
-    Named {
-        name: String,
-        def: Option<Arc<StatementDef>>,
-    },
+    /// A named statement the session has defined.
+    Named(Arc<StatementDef>),
+    /// A name the session has not defined (so no server has it under this session's name).
+    Unknown(String),
 }
 
 /// One client message of a batch, with what it means for the server connection.
@@ -219,7 +254,7 @@ pub struct Batch {
     /// Contains a simple Query (which drops the backend's unnamed statement).
     pub simple_query: bool,
     /// A session setting the batch executes, and the SQL to replay it elsewhere.
-    pub setting: Option<(Setting, Arc<str>)>,
+    pub setting: Option<Box<(Setting, Arc<str>)>>,
     /// Combined class of the statements the batch Parses: decides where a batch that goes out
     /// before its Sync (after Flush) must run, since its Bind/Execute follow it there.
     pub parse_class: Option<Class>,
@@ -286,7 +321,7 @@ pub fn shapes(batch: &Batch) -> Vec<u64> {
                 read_cstr(frame::body(raw)).map(|(sql, _)| hash_of(sql))
             }
             Msg::Uses {
-                stmt: Use::Named { def: Some(d), .. } | Use::Unnamed(Some(d)),
+                stmt: Use::Named(d) | Use::Unnamed(Some(d)),
                 raw,
                 ..
             } if raw[0] == tag::BIND => Some(d.shape()),
@@ -376,7 +411,7 @@ pub fn add(
             }
             if let Class::Session(s) = &c.class {
                 if let Ok(text) = std::str::from_utf8(sql) {
-                    batch.setting = Some((s.clone(), Arc::from(text)));
+                    batch.setting = Some(Box::new((s.clone(), Arc::from(text))));
                 }
             }
             batch.add_class(&c.class, c.hint);
@@ -448,14 +483,14 @@ pub fn add(
             let (stmt, _) = read_cstr(rest).ok_or("malformed Bind message")?;
             let stmt_use = use_of(statements, stmt);
             match &stmt_use {
-                Use::Unnamed(Some(d)) | Use::Named { def: Some(d), .. } => {
+                Use::Unnamed(Some(d)) | Use::Named(d) => {
                     batch.copies |= d.copies;
                     if d.causal_token.is_some() {
                         batch.causal_token = d.causal_token.clone();
                     }
                     if let Class::Session(setting) = &d.class {
                         if let Ok(text) = std::str::from_utf8(sql_of(&d.body)) {
-                            batch.setting = Some((setting.clone(), Arc::from(text)));
+                            batch.setting = Some(Box::new((setting.clone(), Arc::from(text))));
                         }
                     }
                     batch.add_class(&d.class.clone(), d.hint);
@@ -529,9 +564,11 @@ fn use_of(statements: &Statements, name: &[u8]) -> Use {
     if name.is_empty() {
         return Use::Unnamed(statements.get("").cloned());
     }
-    let name = String::from_utf8_lossy(name).into_owned();
-    let def = statements.get(&name).cloned();
-    Use::Named { name, def }
+    let name = String::from_utf8_lossy(name);
+    match statements.get(&name) {
+        Some(def) => Use::Named(def.clone()),
+        None => Use::Unknown(name.into_owned()),
+    }
 }
 
 /// The byte range of `part` (a subslice of `whole`) within `whole`.

@@ -116,7 +116,7 @@ fn extended_batch_takes_the_class_of_what_it_executes() {
         panic!("{:?}", b.msgs[1])
     };
     assert_eq!(&raw[at.clone()], b"s1");
-    assert!(matches!(stmt, Use::Named { def: Some(_), .. }));
+    assert!(matches!(stmt, Use::Named(_)));
 
     // A later batch that only binds s1 uses the same definition.
     let mut b2 = Batch::default();
@@ -139,7 +139,31 @@ fn identical_definitions_share_a_key_and_names_do_not_matter() {
     );
     assert_eq!(a, bb);
     assert_ne!(a, c);
-    assert!(server_name(a, u64::MAX).len() < 63, "fits NAMEDATALEN");
+    assert!(
+        server_name(a, u64::MAX).as_bytes().len() < 63,
+        "fits NAMEDATALEN"
+    );
+}
+
+#[test]
+fn a_server_name_is_the_key_and_epoch_in_hex() {
+    let cases: [(u128, u64); 6] = [
+        (0, 0),
+        (1, 1),
+        (u128::MAX, u64::MAX),
+        (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 0x10),
+        (1 << 127, 0xf),
+        (0xdead_beef, 1 << 63),
+    ];
+    for (key, epoch) in cases {
+        let name = server_name(key, epoch);
+        assert_eq!(
+            name.as_str(),
+            format!("pgm_{key:032x}_{epoch:x}"),
+            "{key} {epoch}"
+        );
+        assert_eq!(name.as_bytes(), name.as_str().as_bytes());
+    }
 }
 
 #[test]
@@ -232,7 +256,7 @@ fn bind_of_an_unknown_statement_is_routed_as_unknown() {
     assert!(matches!(
         &b.msgs[0],
         Msg::Uses {
-            stmt: Use::Named { def: None, .. },
+            stmt: Use::Unknown(_),
             ..
         }
     ));

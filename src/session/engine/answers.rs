@@ -309,7 +309,7 @@ impl Engine {
                 self.txn_wrote = false;
                 self.route.txn_target = None;
                 if !unit.errored {
-                    if let Some((setting, sql)) = &unit.setting {
+                    if let Some((setting, sql)) = unit.setting.as_deref() {
                         if before == TxnStatus::Idle {
                             self.record_setting(slot, setting, sql);
                         } else {

@@ -50,7 +50,8 @@ pub enum ServerHas {
 pub struct Unit {
     /// The unit may have written: reads after it must see it.
     pub wrote: bool,
-    pub setting: Option<(Setting, std::sync::Arc<str>)>,
+    /// Boxed: rare, and a unit moves with every answer.
+    pub setting: Option<Box<(Setting, std::sync::Arc<str>)>>,
     pub errored: bool,
     /// What the proxy sent it for, when it is not the client's.
     pub proxy: Option<ProxyUnit>,
@@ -129,7 +130,8 @@ pub struct Outcome {
     /// A ReadyForQuery ended a unit.
     pub ready: Option<(TxnStatus, Unit)>,
     /// An error answered a client message (for the safety net).
-    pub client_error: Option<ErrorFields>,
+    /// Boxed: rare, and an outcome is returned for every server message.
+    pub client_error: Option<Box<ErrorFields>>,
     /// The server sent something that fits nothing it owes: do not reuse it.
     pub confused: bool,
 }
@@ -246,7 +248,7 @@ impl Owed {
                 out.sink = Some(Sink::Client);
             }
             if matches!(origin, Origin::Client | Origin::ProxyParse) {
-                out.client_error = fields.clone();
+                out.client_error = fields.clone().map(Box::new);
             }
             match &mut front.kind {
                 Kind::Query { unit } | Kind::Sync { unit, .. } => {

@@ -148,7 +148,7 @@ fn evict(server: &mut Server, batch: &Batch, epoch: u64, max: usize, out: &mut B
         .filter_map(|m| match m {
             Msg::Parse { def, .. } => Some((def.key, epoch)),
             Msg::Uses {
-                stmt: Use::Named { def: Some(d), .. },
+                stmt: Use::Named(d),
                 ..
             } => Some((d.key, epoch)),
             _ => None,
@@ -169,7 +169,7 @@ fn evict(server: &mut Server, batch: &Batch, epoch: u64, max: usize, out: &mut B
     for &(_, sid) in &by_age[..n] {
         let _ = postgres_protocol::message::frontend::close(
             b'S',
-            &batch::server_name(sid.0, sid.1),
+            batch::server_name(sid.0, sid.1).as_str(),
             out,
         );
         prepared.remove(&sid);
@@ -249,7 +249,11 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, ou
                         .owed
                         .push(Kind::Synthetic(parse_complete()), Origin::Client, effect);
                 } else {
-                    put_parse(out, &batch::server_name(def.key, epoch), &def.body);
+                    put_parse(
+                        out,
+                        batch::server_name(def.key, epoch).as_bytes(),
+                        &def.body,
+                    );
                     server.state.prepared.insert(sid, tick);
                     let effect = Effect {
                         defines,
@@ -275,7 +279,7 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, ou
                     Use::Unnamed(def) => {
                         if let Some(def) = def {
                             if server.state.unnamed != Some(def.key) {
-                                put_parse(out, "", &def.body);
+                                put_parse(out, b"", &def.body);
                                 server.state.unnamed = Some(def.key);
                                 let effect = Effect {
                                     server_has: Some(ServerHas::Unnamed),
@@ -287,13 +291,13 @@ fn write_messages(server: &mut Server, batch: &Batch, unit: Unit, epoch: u64, ou
                         out.extend_from_slice(raw);
                         server.owed.push(kind(), Origin::Client, Effect::default());
                     }
-                    Use::Named { def: Some(def), .. } => {
+                    Use::Named(def) => {
                         ensure_named(server, def, epoch, tick, out);
                         let name = batch::server_name(def.key, epoch);
                         put_renamed(out, raw, at.clone(), name.as_bytes());
                         server.owed.push(kind(), Origin::Client, Effect::default());
                     }
-                    Use::Named { name, def: None } => {
+                    Use::Unknown(name) => {
                         refused_stand_in(
                             server,
                             out,
@@ -338,7 +342,11 @@ fn ensure_named(
         *t = tick;
         return;
     }
-    put_parse(out, &batch::server_name(def.key, epoch), &def.body);
+    put_parse(
+        out,
+        batch::server_name(def.key, epoch).as_bytes(),
+        &def.body,
+    );
     server.state.prepared.insert(sid, tick);
     let effect = Effect {
         server_has: Some(ServerHas::Named(sid)),
@@ -370,10 +378,10 @@ fn refused_stand_in(server: &mut Server, out: &mut BytesMut, code: &str, message
     );
 }
 
-fn put_parse(out: &mut BytesMut, name: &str, body: &[u8]) {
+fn put_parse(out: &mut BytesMut, name: &[u8], body: &[u8]) {
     out.put_u8(tag::PARSE);
     out.put_u32((4 + name.len() + 1 + body.len()) as u32);
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
     out.put_slice(body);
 }
