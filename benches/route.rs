@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pgmeridian::classify::{classify, Class, WriteFunctions};
 use pgmeridian::config::{Region, Routing};
 use pgmeridian::health::{ClusterHealth, NodeHealth};
-use pgmeridian::route::{decide, Requirement, RouteInput, SessionRoute};
+use pgmeridian::route::{decide, replica_distances, Requirement, RouteInput, SessionRoute};
 use pgmeridian::topology::{ClusterSpec, ConfiguredRole, NodeSpec};
 
 fn node(role: ConfiguredRole, lat: f64, lon: f64) -> Arc<NodeSpec> {
@@ -55,6 +55,8 @@ fn bench(c: &mut Criterion) {
         lat: 39.0,
         lon: -77.5,
     };
+    // As a session keeps them: measured once per topology.
+    let km = replica_distances(&cluster, location);
     let now = Instant::now();
     let writes = WriteFunctions::default();
 
@@ -68,6 +70,7 @@ fn bench(c: &mut Criterion) {
                 health: Some(&health),
                 policy: &policy,
                 location,
+                replica_km: &km,
                 now,
             };
             decide(std::hint::black_box(&input))
@@ -87,6 +90,7 @@ fn bench(c: &mut Criterion) {
                 health: Some(&health),
                 policy: &policy,
                 location,
+                replica_km: &km,
                 now,
             };
             decide(&input)

@@ -220,7 +220,21 @@ pub struct RouteInput<'a> {
     pub policy: &'a Routing,
     /// Where reads are ranked from.
     pub location: Region,
+    /// Distances from `location` to the cluster's replicas by index, when the caller keeps
+    /// them ([`replica_distances`]; a session computes them once per topology); a replica
+    /// without one here is measured on the spot.
+    pub replica_km: &'a [f64],
     pub now: Instant,
+}
+
+/// Distances from `from` to each of the cluster's replicas, in its order (for
+/// [`RouteInput::replica_km`]).
+pub fn replica_distances(cluster: &ClusterSpec, from: Region) -> Vec<f64> {
+    cluster
+        .replicas
+        .iter()
+        .map(|spec| distance_km(from, spec.location))
+        .collect()
 }
 
 /// Writes (and everything else that needs the primary) go there if exactly one node is it.
@@ -412,7 +426,10 @@ fn best_replica(input: &RouteInput, need: Requirement) -> Result<(usize, Reason)
         if input.session.avoid == Some(i) || !input.cluster.allows(spec) || spec.is_drained() {
             continue;
         }
-        let km = distance_km(input.location, spec.location);
+        let km = match input.replica_km.get(i) {
+            Some(&km) => km,
+            None => distance_km(input.location, spec.location),
+        };
         let excluded = if !h.up {
             Some(Reason::UnhealthyExcluded)
         } else if h.in_recovery != Some(true) {

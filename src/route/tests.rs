@@ -394,6 +394,7 @@ fn decision_table() {
             health: h.as_ref(),
             policy: &policy,
             location: US,
+            replica_km: &[],
             now: t0 + Duration::from_millis(1),
         };
         assert_eq!(decide(&input), case.want, "{}", case.name);
@@ -477,6 +478,7 @@ fn writes_follow_the_observed_primary_and_fail_fast_without_one() {
             health: Some(&h),
             policy: &policy,
             location: US,
+            replica_km: &[],
             now: t0,
         };
         assert_eq!(decide(&input), want, "{name}");

@@ -255,6 +255,9 @@ pub struct Engine {
     pub(crate) cluster: Arc<ClusterSpec>,
     pub(crate) user: Arc<UserSpec>,
     pub(crate) location: ClientLocation,
+    /// Distances from `location` to `cluster`'s replicas (`route::replica_distances`): made at
+    /// the first decision after the cluster spec was set, empty until then.
+    pub(crate) replica_km: Vec<f64>,
     pub(crate) cancel: CancelHandle,
     pub(crate) mode: PoolMode,
     pub(crate) max_message: usize,
@@ -330,6 +333,7 @@ impl Engine {
             cluster: start.cluster,
             user: start.user,
             location: start.location,
+            replica_km: Vec::new(),
             cancel: start.cancel,
             servers: [None, None],
             acquiring: None,

@@ -261,9 +261,17 @@ fn ranking_table() {
             health: Some(&h),
             policy: &policy,
             location: case.client,
+            replica_km: &[],
             now: Instant::now(),
         };
         assert_eq!(decide(&input), case.want, "{}", case.name);
+        // A session's kept distances decide the same.
+        let km = replica_distances(&c, case.client);
+        let kept = RouteInput {
+            replica_km: &km,
+            ..input
+        };
+        assert_eq!(decide(&kept), case.want, "{} (kept distances)", case.name);
     }
 }
 

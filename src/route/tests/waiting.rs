@@ -83,6 +83,7 @@ fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
             health: Some(&h),
             policy: &policy,
             location: US,
+            replica_km: &[],
             now: t0,
         };
         assert_eq!(decide(&input), want, "{name}");
@@ -105,6 +106,7 @@ fn a_read_waits_for_its_replica_only_when_that_is_faster_than_the_primary() {
         health: Some(&h),
         policy: &policy,
         location: US,
+        replica_km: &[],
         now: t0,
     };
     assert_eq!(
@@ -240,6 +242,7 @@ fn drained_replicas_get_no_new_reads() {
             health: Some(&h),
             policy: &policy,
             location: US,
+            replica_km: &[],
             now: t0,
         };
         assert_eq!(decide(&input), want, "{name}");

@@ -454,6 +454,7 @@ impl Engine {
         self.max_message = live.limits.max_message_bytes;
         self.mode = cluster.pooling.mode;
         self.cluster = cluster;
+        self.replica_km.clear();
         self.topology = live.clone();
     }
 
@@ -478,6 +479,9 @@ impl Engine {
         self.route.requirement = self.effective_requirement(env);
         let cluster_health = self.cluster_health(env);
         self.route.current_replica = self.server(Slot::Replica).and_then(|s| s.replica);
+        if self.replica_km.len() != self.cluster.replicas.len() {
+            self.replica_km = route::replica_distances(&self.cluster, self.location.at);
+        }
         let input = RouteInput {
             class,
             hint,
@@ -486,6 +490,7 @@ impl Engine {
             health: cluster_health.as_deref(),
             policy: &self.topology.routing,
             location: self.location.at,
+            replica_km: &self.replica_km,
             now: env.now,
         };
         self.waiting_for = None;
