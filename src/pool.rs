@@ -287,7 +287,8 @@ impl Pool {
 
     /// A lease without waiting, for the common case: a free place and an idle connection on
     /// this thread, used recently and quiet since. `None`: take [`Pool::acquire`].
-    pub fn try_acquire_now(self: &Arc<Self>) -> Option<Lease> {
+    /// `now`: the caller's recent clock reading (a connection released since counts as fresh).
+    pub fn try_acquire_now(self: &Arc<Self>, now: Instant) -> Option<Lease> {
         if self.is_retired() {
             return None;
         }
@@ -295,10 +296,9 @@ impl Pool {
         let here = crate::server::current_lane();
         let found = {
             let mut inner = self.lock();
-            let fresh = inner
-                .idle
-                .iter()
-                .rposition(|c| c.home == here && c.last_used.elapsed() < CHECK_AFTER_IDLE);
+            let fresh = inner.idle.iter().rposition(|c| {
+                c.home == here && now.saturating_duration_since(c.last_used) < CHECK_AFTER_IDLE
+            });
             fresh.map(|i| inner.idle.remove(i))
         };
         let Some(mut conn) = found else {
@@ -414,13 +414,12 @@ impl Pool {
     }
 
     /// Takes a lease back: kept idle for the next one if `reuse` and the connection is still
-    /// wanted, else closed.
-    pub fn release(&self, mut lease: Lease, reuse: bool) {
+    /// wanted, else closed. `now`: the caller's recent clock reading (its last use).
+    pub fn release(&self, mut lease: Lease, reuse: bool, now: Instant) {
         let Some(permit) = lease.permit.take() else {
             return;
         };
         self.lease_ended(lease.pinned);
-        let now = Instant::now();
         let conn = std::mem::replace(&mut lease.conn, ServerConn::placeholder(now));
         drop(lease);
         let mut inner = self.lock();

@@ -18,6 +18,7 @@ use super::gate::Gate;
 use super::Handles;
 use crate::clients::{ClientEntry, ClientState, Stop};
 use crate::error::{sqlstate, ClientError};
+use crate::pool::conn::ServerState;
 use crate::pool::{AcquireError, Lease, Pool};
 use crate::stream::Stream;
 
@@ -195,6 +196,9 @@ pub async fn run(
     // Both timers count from the client's last read, which only records the time: a timer that
     // fires early (the client sent something since it was set) is set again for the rest.
     let mut last_read = Instant::now();
+    // The time of the event the loop handled last: what leasing and releasing in the next
+    // `perform` go by (one clock read per event, not one per use).
+    let mut clock = last_read.into_std();
     let mut idle = pin!(tokio::time::sleep_until(last_read + idle_timeout));
     let mut shrink = pin!(tokio::time::sleep_until(last_read + SHRINK_AFTER));
     let mut shrink_due = true;
@@ -213,6 +217,7 @@ pub async fn run(
             &mut b,
             h,
             &mut views,
+            clock,
         );
         if let Some(end) = engine.take_end() {
             break end;
@@ -258,8 +263,14 @@ pub async fn run(
         // nothing else is ready (backpressure keeps any side from starving the others).
         tokio::select! {
             biased;
-            ev = server_io(h0, in0, out0, io0) => on_server_event(&mut engine, Slot::Primary, ev, &mut b, h, &mut views),
-            ev = server_io(h1, in1, out1, io1) => on_server_event(&mut engine, Slot::Replica, ev, &mut b, h, &mut views),
+            ev = server_io(h0, in0, out0, io0) => {
+                clock = std::time::Instant::now();
+                on_server_event(&mut engine, Slot::Primary, ev, &mut b, h, &mut views, clock);
+            }
+            ev = server_io(h1, in1, out1, io1) => {
+                clock = std::time::Instant::now();
+                on_server_event(&mut engine, Slot::Replica, ev, &mut b, h, &mut views, clock);
+            }
             ev = std::future::poll_fn(|cx| poll_sock(&mut client, client_in, client_out, client_io, cx)) => {
                 match ev {
                     IoEvent::Closed(_) => break End::ClientGone,
@@ -267,6 +278,7 @@ pub async fn run(
                     IoEvent::Read => {
                         let now = Instant::now();
                         last_read = now;
+                        clock = now.into_std();
                         if !shrink_due {
                             shrink.as_mut().reset(now + SHRINK_AFTER);
                             shrink_due = true;
@@ -281,8 +293,13 @@ pub async fn run(
             }
             (slot, node, r) = acquired(&mut acquiring) => {
                 acquiring = None;
+                clock = std::time::Instant::now();
                 match r {
-                    Ok(lease) => install(&mut engine, &mut servers, slot, lease, &mut b, h, &mut views),
+                    Ok(lease) => {
+                        if let Some(state) = install(&mut servers[slot.index()], lease) {
+                            with_env_at(h, &mut views, clock, |env| engine.on_acquired(slot, state, &mut b, env));
+                        }
+                    }
                     Err(e) => {
                         if let AcquireError::Connect(c) = &e {
                             if c.suggests_node_failure() {
@@ -347,6 +364,7 @@ pub async fn run(
         &mut b,
         h,
         &mut views,
+        std::time::Instant::now(),
     );
     close_client(&end, &mut client.stream, &mut b.client_out).await;
     end
@@ -428,13 +446,14 @@ fn on_server_event(
     b: &mut Buffers,
     h: &Handles,
     v: &mut Views,
+    now: std::time::Instant,
 ) {
     match ev {
-        IoEvent::Read => with_env(h, v, |env| engine.on_server_input(slot, b, env)),
+        IoEvent::Read => with_env_at(h, v, now, |env| engine.on_server_input(slot, b, env)),
         IoEvent::Wrote => {}
-        IoEvent::Closed(reason) => {
-            with_env(h, v, |env| engine.on_server_closed(slot, reason, b, env))
-        }
+        IoEvent::Closed(reason) => with_env_at(h, v, now, |env| {
+            engine.on_server_closed(slot, reason, b, env)
+        }),
     }
 }
 
@@ -460,30 +479,22 @@ impl PoolCache {
     }
 }
 
-/// Takes a lease into the session: its socket to the driver, its state to the engine.
-fn install(
-    engine: &mut Engine,
-    servers: &mut [Option<Held>; 2],
-    slot: Slot,
-    mut lease: Lease,
-    b: &mut Buffers,
-    h: &Handles,
-    v: &mut Views,
-) {
-    let Some(state) = lease.conn.state.take() else {
-        return;
-    };
+/// Takes a lease into the session: its socket stays with the driver; its state is returned
+/// for the engine (`on_acquired`).
+fn install(held: &mut Option<Held>, mut lease: Lease) -> Option<Box<ServerState>> {
+    let state = lease.conn.state.take()?;
     let sock = Sock {
         stream: std::mem::replace(&mut lease.conn.stream, Stream::Detached),
         flush: false,
     };
     // An idle connection is handed over between messages: nothing unread.
     lease.conn.rbuf.clear();
-    servers[slot.index()] = Some(Held { lease, sock });
-    with_env(h, v, |env| engine.on_acquired(slot, state, b, env));
+    *held = Some(Held { lease, sock });
+    Some(state)
 }
 
-/// Carries out what the engine asked for.
+/// Carries out what the engine asked for; `now` is the time of the event that led to it.
+#[allow(clippy::too_many_arguments)]
 fn perform(
     engine: &mut Engine,
     servers: &mut [Option<Held>; 2],
@@ -492,13 +503,16 @@ fn perform(
     b: &mut Buffers,
     h: &Handles,
     v: &mut Views,
+    now: std::time::Instant,
 ) {
     while let Some(action) = engine.next_action() {
         match action {
             Action::Acquire { slot, node } => {
                 let pool = cache.get(&node, engine, h);
-                if let Some(lease) = pool.try_acquire_now() {
-                    install(engine, servers, slot, lease, b, h, v);
+                if let Some(lease) = pool.try_acquire_now(now) {
+                    if let Some(state) = install(&mut servers[slot.index()], lease) {
+                        with_env_at(h, v, now, |env| engine.on_acquired(slot, state, b, env));
+                    }
                     continue;
                 }
                 let options = crate::backend::ConnectOptions::from(&h.topology.load().limits);
@@ -511,7 +525,7 @@ fn perform(
                     lease.conn.stream = sock.stream;
                     lease.conn.state = Some(state);
                     let pool = lease.pool.clone();
-                    pool.release(lease, reuse);
+                    pool.release(lease, reuse, now);
                 }
                 b.server_in[slot.index()].clear();
                 b.server_out[slot.index()].clear();

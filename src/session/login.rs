@@ -153,13 +153,19 @@ pub async fn greeting(
                     Ok(values) => reported = values,
                     Err(e) => {
                         let reuse = e.code != sqlstate::CONNECTION_FAILURE;
-                        lease.pool.clone().release(lease, reuse);
+                        lease
+                            .pool
+                            .clone()
+                            .release(lease, reuse, std::time::Instant::now());
                         return Err(e);
                     }
                 }
             }
             let params = pool.params().unwrap_or_default();
-            lease.pool.clone().release(lease, true);
+            lease
+                .pool
+                .clone()
+                .release(lease, true, std::time::Instant::now());
             params
         }
     };
