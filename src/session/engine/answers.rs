@@ -26,6 +26,9 @@ fn stale_statement(e: &ErrorFields) -> bool {
         || (e.code == "0A000" && e.message.starts_with("cached plan must not change"))
 }
 
+/// Whole server messages up to this size are copied to the stack to be looked at.
+const SMALL_MESSAGE: usize = 256;
+
 /// Bulk messages streamed without being buffered whole.
 fn streamed(tag: u8) -> bool {
     matches!(tag, b'D' | b'd')
@@ -122,10 +125,22 @@ impl Engine {
                 server.need = header.total_len;
                 return;
             }
-            let msg = inbuf.split_to(header.total_len);
+            // Small messages (most answers but rows) are copied out of the buffer, which
+            // stays unshared; larger ones are split off it.
+            let len = header.total_len;
+            let mut small = [0u8; SMALL_MESSAGE];
+            let split;
+            let msg: &[u8] = if len <= SMALL_MESSAGE {
+                small[..len].copy_from_slice(&inbuf[..len]);
+                inbuf.advance(len);
+                &small[..len]
+            } else {
+                split = inbuf.split_to(len);
+                &split
+            };
             let outcome = server.owed.on_message(
                 header.tag,
-                Some(frame::body(&msg)),
+                Some(frame::body(msg)),
                 &mut server.state,
                 &mut self.statements,
             );
@@ -133,7 +148,7 @@ impl Engine {
             if outcome.confused {
                 tracing::warn!(node = %server.state.node, tag = %(header.tag as char), "unexpected message from the server");
             }
-            self.on_whole_message(slot, &msg, outcome, b, env);
+            self.on_whole_message(slot, msg, outcome, b, env);
         }
     }
 
