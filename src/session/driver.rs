@@ -197,7 +197,8 @@ pub async fn run(
     // fires early (the client sent something since it was set) is set again for the rest.
     let mut last_read = Instant::now();
     // The time of the event the loop handled last: what leasing and releasing in the next
-    // `perform` go by (one clock read per event, not one per use).
+    // `perform` go by (one clock read per event, not one per use). Every branch that calls
+    // the engine sets it.
     let mut clock = last_read.into_std();
     let mut idle = pin!(tokio::time::sleep_until(last_read + idle_timeout));
     let mut shrink = pin!(tokio::time::sleep_until(last_read + SHRINK_AFTER));
@@ -206,7 +207,9 @@ pub async fn run(
     let mut draining = false;
     let mut gate = Gate::new(entry, h.pauses.of(&engine.cluster.name));
     if !b.client_in.is_empty() && gate.admit(engine.quiescent(&b), &mut b.client_in) {
-        with_env(h, &mut views, |env| engine.on_client_input(&mut b, env));
+        with_env_at(h, &mut views, clock, |env| {
+            engine.on_client_input(&mut b, env)
+        });
     }
     let end = loop {
         perform(
@@ -308,7 +311,7 @@ pub async fn run(
                         }
                         tracing::warn!(error = %e, "no server connection for the session");
                         let err = e.to_client();
-                        with_env(h, &mut views, |env| engine.on_acquire_failed(slot, err, &mut b, env));
+                        with_env_at(h, &mut views, clock, |env| engine.on_acquire_failed(slot, err, &mut b, env));
                     }
                 }
             }
@@ -322,7 +325,8 @@ pub async fn run(
             // PAUSE or RESUME of the cluster while a batch was held.
             () = gate.changed(), if holding => {
                 if gate.admit(engine.quiescent(&b), &mut b.client_in) {
-                    with_env(h, &mut views, |env| engine.on_client_input(&mut b, env));
+                    clock = std::time::Instant::now();
+                    with_env_at(h, &mut views, clock, |env| engine.on_client_input(&mut b, env));
                 }
             }
             _ = idle.as_mut(), if idle_enabled && quiescent && !holding => {
@@ -344,7 +348,8 @@ pub async fn run(
             }
             // The client went quiet in the middle of a batch (pipeline mode without Sync).
             _ = std::future::ready(()), if partial => {
-                with_env(h, &mut views, |env| engine.flush_partial(&mut b, env));
+                clock = std::time::Instant::now();
+                with_env_at(h, &mut views, clock, |env| engine.flush_partial(&mut b, env));
             }
         }
         for kind in engine.take_errors() {
@@ -412,11 +417,7 @@ impl<'s> Views<'s> {
     }
 }
 
-fn with_env<R>(h: &Handles, v: &mut Views, f: impl FnOnce(&Env) -> R) -> R {
-    with_env_at(h, v, std::time::Instant::now(), f)
-}
-
-/// [`with_env`] at a time the caller has already read.
+/// Runs `f` with the shared state as of now; `now` is the caller's clock reading.
 fn with_env_at<R>(
     h: &Handles,
     v: &mut Views,
