@@ -150,7 +150,8 @@ fn run(opts: &Options) -> Result<(), String> {
 }
 
 /// Round r runs each workload against every target in turn, so slow drift (caches, table
-/// bloat, a noisy neighbour) spreads over all targets instead of favouring one.
+/// bloat, a noisy neighbour) spreads over all targets instead of favouring one; the order of
+/// the targets rotates by one each round, so that none always runs first or after another.
 fn run_rounds(
     opts: &Options,
     bench: &Pgbench,
@@ -159,8 +160,10 @@ fn run_rounds(
 ) -> Result<Vec<Sample>, String> {
     let mut samples = Vec::new();
     for round in 1..=opts.rounds {
+        let first = (round as usize - 1) % targets.len().max(1);
+        let order: Vec<&Target> = targets[first..].iter().chain(&targets[..first]).collect();
         for &workload in &opts.workloads {
-            for target in targets.iter().filter(|t| workload.runs_against(t.name)) {
+            for target in order.iter().filter(|t| workload.runs_against(t.name)) {
                 setup::reset_tables(cluster)?;
                 let sample = measure(bench, round, workload, target)?;
                 println!(
