@@ -96,7 +96,10 @@ fn key_of(body: &[u8]) -> u128 {
 /// definition is withdrawn again (`undefine`).
 #[derive(Debug, Default)]
 pub struct Statements {
+    /// Named statements, with the number of their definition.
     map: HashMap<String, (Arc<StatementDef>, u64)>,
+    /// The unnamed statement (kept apart: drivers define and use it on every execution).
+    unnamed: Option<(Arc<StatementDef>, u64)>,
     next_seq: u64,
     /// The classification inputs (`Ctx::epoch`) the unnamed statement was defined under, when
     /// its definition may serve a Parse of the same text again.
@@ -148,17 +151,29 @@ impl Shapes {
 }
 
 impl Statements {
+    fn entry(&self, name: &str) -> Option<&(Arc<StatementDef>, u64)> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.map.get(name)
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<StatementDef>> {
-        self.map.get(name).map(|(d, _)| d)
+        self.entry(name).map(|(d, _)| d)
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + usize::from(self.unnamed.is_some())
     }
 
     fn define(&mut self, name: &str, def: Arc<StatementDef>) -> u64 {
         self.next_seq += 1;
-        self.map.insert(name.to_owned(), (def, self.next_seq));
+        if name.is_empty() {
+            self.unnamed = Some((def, self.next_seq));
+        } else {
+            self.map.insert(name.to_owned(), (def, self.next_seq));
+        }
         self.next_seq
     }
 
@@ -187,18 +202,22 @@ impl Statements {
 
     /// Withdraws `name` if it still holds the definition numbered `seq`.
     pub fn undefine(&mut self, name: &str, seq: u64) {
-        if self.map.get(name).is_some_and(|(_, s)| *s == seq) {
-            self.map.remove(name);
+        if self.entry(name).is_some_and(|(_, s)| *s == seq) {
+            self.remove(name);
         }
     }
 
     pub fn remove(&mut self, name: &str) -> bool {
-        self.map.remove(name).is_some()
+        if name.is_empty() {
+            self.unnamed.take().is_some()
+        } else {
+            self.map.remove(name).is_some()
+        }
     }
 
     /// DEALLOCATE ALL / DISCARD ALL: every named statement goes (the unnamed one stays).
     pub fn clear_named(&mut self) {
-        self.map.retain(|name, _| name.is_empty());
+        self.map.clear();
     }
 }
 
