@@ -512,7 +512,7 @@ pub fn add(
                             batch.setting = Some(Box::new((setting.clone(), Arc::from(text))));
                         }
                     }
-                    batch.add_class(&d.class.clone(), d.hint);
+                    batch.add_class(&d.class, d.hint);
                 }
                 // Unknown to us: the server (or the proxy) answers with the error.
                 _ => batch.add_class(&Class::Unknown, None),
