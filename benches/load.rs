@@ -6,6 +6,8 @@
 
 #[path = "load/children.rs"]
 mod children;
+#[path = "load/forwarder.rs"]
+mod forwarder;
 #[path = "load/pgbench.rs"]
 mod pgbench;
 #[path = "load/report.rs"]
@@ -49,6 +51,10 @@ struct Options {
     /// `pgmeridian-1w`.
     #[arg(long)]
     one_worker_variant: bool,
+    /// Also measure the floor: a bare byte forwarder to the primary (one server connection per
+    /// client, no pooling or parsing, one tokio thread), as target `forwarder` (not for `-C`).
+    #[arg(long)]
+    forwarder: bool,
     /// Also measure another pgmeridian binary (say, a build of the previous commit) as target
     /// `baseline`, interleaved with this build: an A/B comparison on the same machine state.
     #[arg(long, value_name = "PATH")]
@@ -72,6 +78,22 @@ pub struct Target<'a> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(forwarder::FLAG) {
+        let port = |i: usize| args.get(i).and_then(|p| p.parse::<u16>().ok());
+        let served = match (port(2), port(3)) {
+            (Some(listen), Some(backend)) => forwarder::serve(listen, backend),
+            _ => Err(format!(
+                "usage: {} LISTEN_PORT BACKEND_PORT",
+                forwarder::FLAG
+            )),
+        };
+        if let Err(e) = served {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let opts = Options::parse();
     if opts
         .filter
@@ -110,6 +132,10 @@ fn run(opts: &Options) -> Result<(), String> {
         .as_deref()
         .map(|bin| children::start_pgmeridian(&cluster, "baseline", Some(bin), None, scram))
         .transpose()?;
+    let forwarder = opts
+        .forwarder
+        .then(|| children::start_forwarder(&cluster))
+        .transpose()?;
     let bouncer = children::start_pgbouncer(&cluster, opts.clients)?;
     if bouncer.is_none() {
         println!("pgbouncer is not installed: the PgBouncer rows are skipped");
@@ -132,6 +158,9 @@ fn run(opts: &Options) -> Result<(), String> {
         targets.push(b.target("pgbouncer"));
     }
     targets.push(meridian.target("pgmeridian"));
+    if let Some(f) = &forwarder {
+        targets.push(f.target("forwarder"));
+    }
     if let Some(m) = &md5 {
         targets.push(m.target("pgmeridian-md5"));
     }

@@ -179,6 +179,25 @@ log_disconnections = 0
     )
 }
 
+/// Starts the floor reference (`forwarder.rs`): this bench binary again, as a bare byte
+/// forwarder in front of the primary.
+pub fn start_forwarder(c: &LocalCluster) -> Result<Proxy, String> {
+    let port = free_port()?;
+    let me = std::env::current_exe().map_err(|e| format!("this bench's own path: {e}"))?;
+    let mut cmd = Command::new(me);
+    cmd.arg(crate::forwarder::FLAG)
+        .arg(port.to_string())
+        .arg(c.primary.port.to_string());
+    let log = c.base.join("forwarder.log");
+    let proxy = Proxy {
+        child: spawn(&mut cmd, &log)?,
+        port,
+        admin_port: None,
+    };
+    wait_ready(&proxy, &log)?;
+    Ok(proxy)
+}
+
 /// Spawns with output to `log` and a watchdog that kills the child by pid (checking its
 /// start time, so a reused pid is left alone) once this process is gone.
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {

@@ -42,8 +42,12 @@ impl Workload {
         }
     }
 
-    /// Whether this workload runs against `target` (the md5 comparison has its own pair).
+    /// Whether this workload runs against `target` (the md5 comparison has its own pair; the
+    /// bare forwarder opens a server login per client, so it is no floor for `-C`).
     pub fn runs_against(self, target: &str) -> bool {
+        if target == "forwarder" {
+            return !matches!(self, Workload::Connect | Workload::ConnectMd5);
+        }
         let md5_pair = matches!(target, "direct-trust" | "pgmeridian-md5");
         (self == Workload::ConnectMd5) == md5_pair
     }

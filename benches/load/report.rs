@@ -218,7 +218,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 /// The project's targets (the pooling issue's): select-only and `-M extended` TPS ≥ PgBouncer's;
 /// `-M prepared` ≥ 0.6 × direct; `-S -C` with SCRAM ≥ PgBouncer's and ≥ 2 × direct; `-S -C`
 /// with MD5 clients ≥ 8 × a trusted direct login. Proxy CPU per transaction is printed beside
-/// PgBouncer's.
+/// PgBouncer's (and the bare forwarder's, when measured).
 fn print_targets(rows: &[Row], samples: &[Sample]) {
     let find = |w: Workload, t: &str| rows.iter().find(|r| r.workload == w && r.target == t);
     let verdict = |ok: bool| if ok { "MET" } else { "MISSED" };
@@ -252,8 +252,13 @@ fn print_targets(rows: &[Row], samples: &[Sample]) {
     for m in rows.iter().filter(|r| r.target == "pgmeridian") {
         let b = find(m.workload, "pgbouncer").filter(|b| b.aborted == 0);
         if let (Some(mc), Some(bc)) = (m.cpu_per_tx, b.and_then(|b| b.cpu_per_tx)) {
+            let floor = find(m.workload, "forwarder")
+                .and_then(|f| f.cpu_per_tx)
+                .map_or(String::new(), |fc| {
+                    format!(", bare forwarder {:.1} µs/tx", fc * 1e6)
+                });
             println!(
-                "- proxy CPU per tx, {}: pgmeridian {:.1} vs PgBouncer {:.1} µs/tx ({:.2}x)",
+                "- proxy CPU per tx, {}: pgmeridian {:.1} vs PgBouncer {:.1} µs/tx ({:.2}x){floor}",
                 m.workload.label(),
                 mc * 1e6,
                 bc * 1e6,
