@@ -193,8 +193,52 @@ impl Drop for Lease {
         // the connection closed, since its state is unknown.
         if let Some(permit) = self.permit.take() {
             self.pool.lease_ended(self.pinned);
+            self.pool.lock().open -= 1;
             self.pool.give_back_permit(permit);
             self.pool.closed(CloseReason::Discarded);
+        }
+    }
+}
+
+/// A session waiting for a permit, counted while the wait lasts (also when the waiting future
+/// is dropped because its client went away).
+struct Waiting<'a>(&'a Pool);
+
+impl<'a> Waiting<'a> {
+    fn new(pool: &'a Pool) -> Waiting<'a> {
+        pool.waiting.fetch_add(1, Ordering::Relaxed);
+        pool.metrics.waiting.inc();
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.waiting.dec();
+    }
+}
+
+/// A connection counted in `open` while it is being opened or checked, not yet leased: if it
+/// does not become a lease (it failed, or the acquiring future was dropped), dropping this
+/// uncounts it. [`Opening::keep`] once it is leased.
+struct Opening<'a>(Option<&'a Pool>);
+
+impl<'a> Opening<'a> {
+    /// For a connection already counted in `open`.
+    fn counted(pool: &'a Pool) -> Opening<'a> {
+        Opening(Some(pool))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.lock().open -= 1;
         }
     }
 }
@@ -332,12 +376,10 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 let started = Instant::now();
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                self.metrics.waiting.inc();
+                let waiting = Waiting::new(self);
                 let got =
                     tokio::time::timeout(wait_timeout, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                self.metrics.waiting.dec();
+                drop(waiting);
                 self.metrics.wait.observe(started.elapsed().as_secs_f64());
                 match got {
                     Ok(Ok(p)) => p,
@@ -351,6 +393,11 @@ impl Pool {
                 }
             }
         };
+        // A reload may have retired the pool while this waited: no login with its old
+        // credentials or to a node no longer configured.
+        if self.is_retired() {
+            return Err(AcquireError::Closed(self.node.to_string()));
+        }
         loop {
             let candidate = {
                 let mut inner = self.lock();
@@ -363,25 +410,31 @@ impl Pool {
             };
             let Some(conn) = candidate else { break };
             self.metrics.idle.dec();
+            // Counted open until it is leased; closed and uncounted if this future is dropped.
+            let checking = Opening::counted(self);
             match conn
                 .ready_for_lease(CHECK_AFTER_IDLE, connect.timeout)
                 .await
             {
-                Ok(conn) => return Ok(self.leased(conn, permit)),
+                Ok(conn) => {
+                    checking.keep();
+                    return Ok(self.leased(conn, permit));
+                }
                 Err(reason) => {
                     tracing::debug!(node = %self.node, %reason, "idle server connection is gone; closing it");
-                    self.lock().open -= 1;
+                    drop(checking);
                     self.closed(CloseReason::Broken);
                 }
             }
         }
-        let user = {
+        let (user, opening) = {
             let mut inner = self.lock();
             inner.open += 1;
-            inner.user.clone()
+            (inner.user.clone(), Opening::counted(self))
         };
         match ServerConn::open(&self.node, &user, &connect).await {
             Ok((conn, params)) => {
+                opening.keep();
                 self.metrics.logins.inc();
                 let mut inner = self.lock();
                 inner.params = Some(Arc::new(params));
@@ -395,7 +448,7 @@ impl Pool {
                 Ok(self.leased(conn, permit))
             }
             Err(e) => {
-                self.lock().open -= 1;
+                drop(opening);
                 Err(e.into())
             }
         }

@@ -2,7 +2,8 @@
 //! clients hold no backends, 500 pgbench clients share 10 server connections per node, reads
 //! spread over equally near replicas, a waiting client gets 53300, session state and prepared
 //! statements follow the session, a late cancel never reaches another client's query, session
-//! mode keeps a backend per session, and a reload resizes pools live. Plus the two driver bugs
+//! mode keeps a backend per session, a reload resizes pools live, an acquire given up midway
+//! leaves no count behind, and warm connections stay within the size. Plus the two driver bugs
 //! from the pooling issue: psycopg's DEALLOCATE of a statement the backend never saw, and a
 //! libpq pipeline failing inside a transaction.
 mod common;
@@ -190,6 +191,113 @@ async fn a_client_waiting_past_wait_timeout_gets_53300_and_goes_on() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     a.batch_execute("commit").await.unwrap();
     b.simple_query("select 1").await.unwrap();
+}
+
+/// The primary's pool for `user` in `/status` (null before its first use).
+async fn primary_pool_of(admin: std::net::SocketAddr, user: &str) -> serde_json::Value {
+    let s: serde_json::Value = serde_json::from_str(&http_get(admin, "/status").await.1).unwrap();
+    let pools = s["clusters"]["app"]["nodes"][0]["pools"]
+        .as_array()
+        .cloned();
+    pools
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p["user"] == user)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_given_up_midway_leaves_no_count_behind() {
+    let _serial = SERIAL.lock().await;
+    // A session's acquire is dropped when the session ends while it waits or logs in (its
+    // startup timeout, a shutdown): the pool's counts must not keep it.
+    let yaml = without_replicas(&config_yaml(
+        cluster(),
+        "admin_listen: 127.0.0.1:0\npooling: { size: 1, wait_timeout: 30s }\n",
+    ));
+    let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+    let admin = proxy.admin_addr.unwrap();
+    let options = pgmeridian::backend::ConnectOptions::from(&proxy.shared.topology.load().limits);
+    let a = connect(proxy.addr).await;
+    a.batch_execute("begin; select 1").await.unwrap();
+    let pool = proxy
+        .shared
+        .pools
+        .all()
+        .into_iter()
+        .find(|p| p.user_name == "app")
+        .unwrap();
+    // Waiting for the only connection, then given up.
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), pool.acquire(options)).await;
+    assert!(gave_up.is_err(), "the only connection is leased");
+    let stats = pool.stats();
+    assert_eq!((stats.waiting, stats.open), (0, 1), "{stats:?}");
+    assert!(metric(&proxy, "pgmeridian_pool_clients_waiting{").abs() < 0.5);
+    // Given up while logging in to the server: the half-made connection is not counted.
+    a.batch_execute("commit").await.unwrap();
+    drop(a);
+    let mut given_up_in_login = 0;
+    for _ in 0..50 {
+        // The pool's one connection closes (a discarded lease), so the next acquire logs in.
+        if let Some(lease) = pool.try_acquire_now(std::time::Instant::now()) {
+            pool.release(lease, false, std::time::Instant::now());
+        }
+        assert_eq!(pool.stats().open, pool.stats().idle, "{:?}", pool.stats());
+        match tokio::time::timeout(Duration::from_micros(300), pool.acquire(options)).await {
+            Err(_) => given_up_in_login += 1,
+            Ok(lease) => pool.release(lease.unwrap(), false, std::time::Instant::now()),
+        }
+        let stats = pool.stats();
+        assert_eq!(stats.open, stats.idle, "nothing leased: {stats:?}");
+    }
+    assert!(
+        given_up_in_login > 0,
+        "no acquire was given up in its login"
+    );
+    // The pool still serves its size.
+    let c = connect(proxy.addr).await;
+    c.simple_query("select 1").await.unwrap();
+    let status = primary_pool_of(admin, "app").await;
+    assert!(status["open"].as_u64().unwrap() <= 1, "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connections_never_take_the_pool_past_its_size() {
+    let _serial = SERIAL.lock().await;
+    let primary = cluster().primary.port;
+    let yaml = without_replicas(&config_yaml(
+        cluster(),
+        "admin_listen: 127.0.0.1:0\npooling: { size: 3, min_idle: 2 }\n",
+    ));
+    let config = pgmeridian::config::Config::from_yaml(&yaml, &|_| None).unwrap();
+    let proxy = pgmeridian::app::Proxy::start(&config).await.unwrap();
+    let admin = proxy.admin_addr.unwrap();
+    // Two idle warm connections appear on their own.
+    let mut pool = serde_json::Value::Null;
+    for _ in 0..100 {
+        pool = primary_pool_of(admin, "app").await;
+        if pool["idle"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool["idle"], 2, "{pool:#}");
+    // Two clients hold both in transactions: one place is left, and the warm-up may fill it
+    // but must not open past the size to get back to two idle connections.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let c = connect(proxy.addr).await;
+        c.batch_execute("begin; select 1").await.unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pool = primary_pool_of(admin, "app").await;
+    assert_eq!(pool["open"], 3, "{pool:#}");
+    assert_eq!(app_backends(primary).await, 3);
+    for c in &held {
+        c.batch_execute("commit").await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

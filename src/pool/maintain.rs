@@ -76,25 +76,29 @@ impl Pool {
     }
 
     /// Opens connections until `min_idle` are idle, as long as a lease permit is free (so a
-    /// warm-up never takes a place a session is waiting for).
+    /// warm-up never takes a place a session is waiting for) and fewer than `size` are open
+    /// (leased ones count: a warm connection must not add to them beyond the size).
     async fn warm(self: &Arc<Self>, connect: crate::backend::ConnectOptions) {
         if self.retired.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         loop {
-            let user = {
-                let inner = self.lock();
-                if inner.idle.len() >= inner.config.min_idle {
-                    return;
-                }
-                inner.user.clone()
-            };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
-            self.lock().open += 1;
+            let (user, opening) = {
+                let mut inner = self.lock();
+                if inner.idle.len() >= inner.config.min_idle || inner.open >= inner.size {
+                    drop(inner);
+                    self.give_back_permit(permit);
+                    return;
+                }
+                inner.open += 1;
+                (inner.user.clone(), super::Opening::counted(self))
+            };
             match ServerConn::open(&self.node, &user, &connect).await {
                 Ok((conn, params)) => {
+                    opening.keep();
                     self.metrics.logins.inc();
                     let mut inner = self.lock();
                     inner.params = Some(Arc::new(params));
@@ -104,7 +108,7 @@ impl Pool {
                     self.give_back_permit(permit);
                 }
                 Err(e) => {
-                    self.lock().open -= 1;
+                    drop(opening);
                     self.give_back_permit(permit);
                     tracing::debug!(node = %self.node, error = %e, "could not open a warm server connection");
                     return;
