@@ -220,8 +220,13 @@ pub(crate) enum LocalReply {
     Deallocate(String),
     /// `DEALLOCATE ALL` when every statement lives only in the proxy.
     DeallocateAll,
-    /// A batch that only syncs or closes statements: nothing for a server to do.
+    /// A batch that only syncs, flushes or closes statements: nothing for a server to do
+    /// (ReadyForQuery only if it ends with Sync).
     Inert(Batch),
+    /// An error in the middle of an extended batch: no ReadyForQuery until its Sync.
+    Error(ClientError),
+    /// The Sync of a batch skipped after an error: ReadyForQuery only.
+    Ready,
 }
 
 /// A read waiting for its replica to replay a position (`routing.causal_wait_max`).
@@ -267,6 +272,9 @@ pub struct Engine {
     /// The connection with work in flight; batches for the other one wait.
     pub(crate) active: Option<Slot>,
     pub(crate) held: Option<Held>,
+    /// An error ended the extended batch being received: its messages are skipped until its
+    /// Sync, which gets ReadyForQuery (as PostgreSQL does).
+    pub(crate) skip_to_sync: bool,
     /// A batch that was held when a retry jumped ahead of it.
     pub(crate) held_after_retry: Option<Held>,
     pub(crate) batch: Batch,
@@ -339,6 +347,7 @@ impl Engine {
             acquiring: None,
             active: None,
             held: None,
+            skip_to_sync: false,
             held_after_retry: None,
             batch: Batch::default(),
             statements: Statements::default(),
@@ -388,9 +397,23 @@ impl Engine {
 
     /// The client's bytes may be read (no batch waits to go out, servers are not backed up).
     pub fn wants_client_input(&self, b: &Buffers, high_water: usize) -> bool {
+        // Answers the proxy gives itself (a Sync, its own statements) also wait for a client
+        // that does not read them, as PostgreSQL's would.
         self.held.is_none()
             && self.end.is_none()
+            && b.client_out.len() < high_water
             && b.server_out.iter().map(BytesMut::len).sum::<usize>() < high_water
+    }
+
+    /// The connection in `slot` owes the client nothing now: every answer it was asked for
+    /// has come and gone out (its batch may still be open, waiting for the client's rest).
+    pub(crate) fn owes_nothing(&self, slot: Slot, b: &Buffers) -> bool {
+        self.server(slot).is_none_or(|s| {
+            s.owed.is_empty()
+                && s.remaining == 0
+                && s.held_ready.is_none()
+                && b.server_out[slot.index()].is_empty()
+        })
     }
 
     /// The slot's server bytes must be read even with the client backed up: a message the

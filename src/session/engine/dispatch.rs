@@ -133,23 +133,36 @@ impl Engine {
         if batch.is_empty() {
             return;
         }
+        if self.skip_to_sync {
+            // An error ended this extended batch early: like PostgreSQL, the rest is skipped
+            // and its Sync gets ReadyForQuery.
+            if batch.completes {
+                self.skip_to_sync = false;
+                self.held = Some(Held::Answer {
+                    reply: LocalReply::Ready,
+                });
+                self.release_held(b, env);
+            }
+            return;
+        }
         let mut class = batch.class.clone().unwrap_or(Class::Empty);
-        if !batch.completes {
-            // Its Bind/Execute will follow it to the same backend: route by what it prepares,
-            // and send a batch split only by its size to the primary.
-            if let Some(parsed) = &batch.parse_class {
-                class = batch::combine(class, parsed);
-            }
-            if batch.len >= BATCH_FORWARD_BYTES {
-                class = Class::Write;
-            }
+        if !batch.completes && !batch.inert {
+            // Part of a batch goes out before its Sync (a Flush, a pause of the client, its
+            // size): the rest follows it to the same backend, and what the rest does is not
+            // known yet (a write may follow a read), so it goes to the primary.
+            class = Class::Write;
         }
         if let Some(text) = batch.causal_token.clone() {
             if let Err(e) = self.present_token(&text, env) {
-                // The statement does not run: its hint was not one the proxy can follow.
-                self.held = Some(Held::Answer {
-                    reply: LocalReply::Refuse(e),
-                });
+                // The statement does not run: its hint was not one the proxy can follow. In
+                // a batch without its Sync yet, the rest of it is skipped until that Sync.
+                let reply = if batch.completes {
+                    LocalReply::Refuse(e)
+                } else {
+                    self.skip_to_sync = true;
+                    LocalReply::Error(e)
+                };
+                self.held = Some(Held::Answer { reply });
                 self.release_held(b, env);
                 return;
             }
@@ -169,8 +182,9 @@ impl Engine {
                 replica,
                 wait: None,
             }
-        } else if batch.inert && batch.completes {
-            // A Sync with nothing before it (after Close only, say): no server needed.
+        } else if batch.inert {
+            // A Sync or Flush with nothing before it (after Close only, say): no server needed
+            // (a Flush with nothing in flight flushes nothing).
             Held::Answer {
                 reply: LocalReply::Inert(batch),
             }
@@ -238,7 +252,10 @@ impl Engine {
             match &self.held {
                 None => return,
                 Some(Held::Answer { .. }) => {
-                    if self.active.is_some() || self.acquiring.is_some() {
+                    // After every answer of the active connection (one whose batch is still
+                    // open owes nothing more until the client sends the rest).
+                    let waits_for_active = self.active.is_some_and(|a| !self.owes_nothing(a, b));
+                    if waits_for_active || self.acquiring.is_some() {
                         return;
                     }
                     let Some(Held::Answer { reply }) = self.held.take() else {

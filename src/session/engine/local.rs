@@ -85,7 +85,16 @@ impl Engine {
                         out.extend_from_slice(b"3\0\0\0\x04");
                     }
                 }
+                if !batch.completes {
+                    return;
+                }
             }
+            LocalReply::Error(e) => {
+                self.obs.count_error(e.kind);
+                e.encode(out);
+                return;
+            }
+            LocalReply::Ready => {}
             LocalReply::Run { batch, statement } => {
                 // Answers for each message, as a server would give them; ReadyForQuery at the
                 // Query or Sync.

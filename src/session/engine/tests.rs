@@ -16,6 +16,7 @@ use crate::protocol::frame;
 
 mod causal;
 mod fuzz;
+mod partial;
 mod pipelines;
 mod routing;
 mod safety;

@@ -74,7 +74,8 @@ fn named_statements_get_proxy_wide_names_and_are_prepared_where_missing() {
 fn a_parse_the_server_already_has_is_answered_by_the_proxy_in_order() {
     let mut h = Harness::new();
     // Another session prepared the same text on this connection.
-    let mut state = ServerState::new(h.topology.clusters["app"].replicas[0].clone(), 5, 7);
+    // (Parse, Describe and Flush go out before their Sync: to the primary.)
+    let mut state = ServerState::new(h.topology.clusters["app"].primary.clone(), 5, 7);
     let mut other = Harness::new();
     other.client(&[parse("x", "select $1"), sync()]);
     other.grant(Slot::Replica);
@@ -84,15 +85,15 @@ fn a_parse_the_server_already_has_is_answered_by_the_proxy_in_order() {
     state.prepared.insert((key, 0), 1);
 
     h.client(&[parse("mine", "select $1"), describe_stmt("mine"), flush()]);
-    h.take_acquire(Slot::Replica);
-    h.grant_state(Slot::Replica, state);
-    let got = h.server_got(Slot::Replica);
+    h.take_acquire(Slot::Primary);
+    h.grant_state(Slot::Primary, state);
+    let got = h.server_got(Slot::Primary);
     assert_eq!(tags(&got), "DH", "no Parse sent: {got:?}");
     assert_eq!(stmt_name(&got[0]), name);
     // The ParseComplete the client expects comes first, before the server's answers.
     assert_eq!(tags(&h.client_got()), "1");
     h.server(
-        Slot::Replica,
+        Slot::Primary,
         &[msg(b't', b"\0\x01\0\0\0\x17"), msg(b'n', b"")],
     );
     assert_eq!(tags(&h.client_got()), "tn");
