@@ -31,9 +31,10 @@ struct Entry {
 #[derive(Default)]
 struct Target {
     now: Option<CancelTarget>,
-    /// Backends a CancelRequest was forwarded to while they ran this session's work: the
-    /// signal may still be on its way, so they must not serve anyone else.
-    cancelled: Vec<i32>,
+    /// Backends a CancelRequest was forwarded to while they ran this session's work, by node
+    /// and pid (two nodes may use the same pid): the signal may still be on its way, so they
+    /// must not serve anyone else.
+    cancelled: Vec<(Arc<str>, i32)>,
 }
 
 /// The live sessions' keys. `Default` is a lone proxy's registry (instance 0).
@@ -111,8 +112,9 @@ impl CancelRegistry {
         }
         let mut target = entry.target.lock().unwrap_or_else(|e| e.into_inner());
         let now = target.now.clone()?;
-        if !target.cancelled.contains(&now.pid) {
-            target.cancelled.push(now.pid);
+        let backend = (now.node.key.clone(), now.pid);
+        if !target.cancelled.contains(&backend) {
+            target.cancelled.push(backend);
         }
         Some(now)
     }
@@ -144,15 +146,21 @@ impl CancelHandle {
         self.lock().now = None;
     }
 
-    /// The lease of the backend with process id `pid` ends: it is no longer a target. Returns
-    /// whether a CancelRequest was forwarded to it meanwhile (then it must not be reused: the
-    /// signal could reach the next session's query). Atomic with the forwarding's lookup.
-    pub fn release_target(&self, pid: i32) -> bool {
+    /// The lease of the backend with process id `pid` on `node` ends: it is no longer a
+    /// target. Returns whether a CancelRequest was forwarded to it meanwhile (then it must not
+    /// be reused: the signal could reach the next session's query). Atomic with the
+    /// forwarding's lookup.
+    pub fn release_target(&self, node: &NodeSpec, pid: i32) -> bool {
         let mut target = self.lock();
-        if target.now.as_ref().is_some_and(|t| t.pid == pid) {
+        let same = |n: &NodeSpec, p: i32| p == pid && n.key == node.key;
+        if target.now.as_ref().is_some_and(|t| same(&t.node, t.pid)) {
             target.now = None;
         }
-        match target.cancelled.iter().position(|&p| p == pid) {
+        match target
+            .cancelled
+            .iter()
+            .position(|(k, p)| *p == pid && *k == node.key)
+        {
             Some(i) => {
                 target.cancelled.swap_remove(i);
                 true
@@ -178,15 +186,48 @@ mod tests {
     use crate::topology::ConfiguredRole;
 
     fn node() -> Arc<NodeSpec> {
+        node_at(5432)
+    }
+
+    fn node_at(port: u16) -> Arc<NodeSpec> {
         let at = crate::config::Region { lat: 0.0, lon: 0.0 };
         Arc::new(NodeSpec::plain(
             "app",
             ConfiguredRole::Primary,
             "127.0.0.1",
-            5432,
+            port,
             "r",
             at,
         ))
+    }
+
+    #[test]
+    fn a_cancelled_backend_is_told_apart_from_another_nodes_backend_with_its_pid() {
+        // Each server in its own container: the primary and a replica can both run pid 75.
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        let (a, b) = (node_at(5432), node_at(5433));
+        h.set_target(CancelTarget {
+            node: b.clone(),
+            pid: 75,
+            key: 1,
+        });
+        let sent = reg.lookup(h.pid, &h.key.to_be_bytes()).unwrap();
+        assert_eq!((sent.node.port, sent.pid), (5433, 75));
+        // The session ends: its primary lease (also pid 75) goes back first.
+        assert!(
+            !h.release_target(&a, 75),
+            "node A's pid 75 was never cancelled"
+        );
+        assert!(
+            h.release_target(&b, 75),
+            "node B's pid 75 was: not reusable"
+        );
+        assert!(!h.release_target(&b, 75), "reported once");
+        assert!(
+            reg.lookup(h.pid, &h.key.to_be_bytes()).is_none(),
+            "no target left"
+        );
     }
 
     #[test]

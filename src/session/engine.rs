@@ -459,7 +459,9 @@ impl Engine {
     pub fn finish(&mut self, b: &mut Buffers) {
         for slot in Slot::ALL {
             if let Some(server) = self.servers[slot.index()].take() {
-                let cancelled = self.cancel.release_target(server.state.pid);
+                let cancelled = self
+                    .cancel
+                    .release_target(&server.state.node, server.state.pid);
                 let clean = !cancelled
                     && server.idle(&b.server_out[slot.index()])
                     && b.server_in[slot.index()].is_empty()

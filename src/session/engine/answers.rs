@@ -438,7 +438,9 @@ impl Engine {
             return;
         };
         let i = slot.index();
-        let cancelled = self.cancel.release_target(server.state.pid);
+        let cancelled = self
+            .cancel
+            .release_target(&server.state.node, server.state.pid);
         let reuse = !server.dirty
             && !cancelled
             && server.farewell.is_none()
@@ -496,7 +498,8 @@ impl Engine {
             self.active = None;
             self.txn_may_be_opening = false;
         }
-        self.cancel.release_target(server.state.pid);
+        self.cancel
+            .release_target(&server.state.node, server.state.pid);
         let farewell = server.farewell.clone();
         let sent_fatal = server.sent_fatal;
         let node = server.state.node.clone();
@@ -546,7 +549,8 @@ impl Engine {
         b.server_out[i].clear();
         tracing::info!(node = %server.state.node, %reason, "replica connection lost before any answer; retrying the read elsewhere");
         let avoid = server.replica;
-        self.cancel.release_target(server.state.pid);
+        self.cancel
+            .release_target(&server.state.node, server.state.pid);
         self.actions.push_back(Action::Release {
             slot: Slot::Replica,
             state: server.state,

@@ -478,7 +478,9 @@ impl Engine {
     /// Gives back an idle lease later, when buffers are at hand (from `follow_topology`).
     fn pending_give_back(&mut self, slot: Slot) {
         if let Some(server) = self.servers[slot.index()].take() {
-            let cancelled = self.cancel.release_target(server.state.pid);
+            let cancelled = self
+                .cancel
+                .release_target(&server.state.node, server.state.pid);
             self.actions.push_back(Action::Release {
                 slot,
                 state: server.state,
