@@ -384,6 +384,7 @@ impl Engine {
                 slot: s,
                 reason,
                 replica,
+                wait,
                 ..
             }) = &mut self.held
             {
@@ -391,6 +392,8 @@ impl Engine {
                 *s = Slot::Primary;
                 *reason = Reason::UnhealthyExcluded;
                 *replica = None;
+                // The primary has every position: nothing to wait for there.
+                *wait = None;
                 self.release_held(b, env);
                 self.resume(b, env);
                 return;

@@ -200,6 +200,30 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
 }
 
 #[test]
+fn a_waiting_read_whose_replica_cannot_be_leased_runs_on_the_primary_without_the_wait() {
+    let mut h = Harness::with(YAML, "routing: { causal_wait_max: 200ms }\n");
+    h.set_health(|ch| {
+        ch.primary.rtt = Some(Duration::from_millis(180));
+        ch.replicas[0].rtt = Some(Duration::from_millis(1));
+        ch.replicas[0].lag = Some(Duration::from_millis(30));
+    });
+    h.write_committed_at("0/3000");
+    h.client_got();
+    h.client(&[query("select 1")]);
+    h.take_acquire(Slot::Replica);
+    let e = crate::error::ClientError::error("08006", "down");
+    h.run(|eng, b, env| eng.on_acquire_failed(Slot::Replica, e, b, env));
+    h.grant(Slot::Primary);
+    let got = h.server_got(Slot::Primary);
+    assert_eq!(tags(&got), "Q", "the read itself");
+    assert!(
+        !got[0].text().contains("pg_last_wal_replay_lsn"),
+        "no replay wait on the primary: {}",
+        got[0].text()
+    );
+}
+
+#[test]
 fn a_read_kept_from_replicas_asks_the_probes_for_their_replay_position() {
     let mut h = Harness::new();
     assert_eq!(h.hints.cluster("app").wanted(), 0);
