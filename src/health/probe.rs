@@ -262,7 +262,7 @@ async fn between_rounds(
             hint.take_round_now();
             return std::ops::ControlFlow::Continue(());
         }
-        let behind = replicas_behind(shared, name, nodes, hint.wanted());
+        let behind = replicas_behind(shared, name, nodes, hint.wanted(now));
         let poll_due = polled.map_or(now, |p| p + REPLAY_POLL);
         if !behind.is_empty() && now >= poll_due {
             polled = Some(now);

@@ -521,7 +521,7 @@ impl Engine {
                 if reason == Reason::PinnedAfterWrite {
                     if let Some(lsn) = self.route.requirement.lsn {
                         // Its replicas' replay is asked again soon, not at the next round.
-                        self.probe_hint(env).want(lsn);
+                        self.probe_hint(env).want(lsn, env.now);
                     }
                 }
                 Ok((target, reason))

@@ -226,12 +226,15 @@ fn a_waiting_read_whose_replica_cannot_be_leased_runs_on_the_primary_without_the
 #[test]
 fn a_read_kept_from_replicas_asks_the_probes_for_their_replay_position() {
     let mut h = Harness::new();
-    assert_eq!(h.hints.cluster("app").wanted(), 0);
+    assert_eq!(h.hints.cluster("app").wanted(std::time::Instant::now()), 0);
     h.write_committed_at("0/2000");
     h.client_got();
     h.client(&[query("select 1")]);
     h.take_acquire(Slot::Primary);
-    assert_eq!(h.hints.cluster("app").wanted(), 0x2000);
+    assert_eq!(
+        h.hints.cluster("app").wanted(std::time::Instant::now()),
+        0x2000
+    );
 }
 
 #[test]
