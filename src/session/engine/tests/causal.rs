@@ -148,8 +148,9 @@ fn sessions_of_one_client_address_share_their_writes() {
     alone.take_acquire(Slot::Replica);
 }
 
-#[test]
-fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
+/// A session with `causal_wait_max` whose write committed at 0/3000 sends a read; its near
+/// replica (1 ms away, 30 ms behind) has not replayed the write yet.
+fn read_after_write_near_a_lagging_replica() -> Harness {
     let mut h = Harness::with(YAML, "routing: { causal_wait_max: 200ms }\n");
     h.set_health(|ch| {
         ch.primary.rtt = Some(Duration::from_millis(180));
@@ -159,6 +160,12 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
     h.write_committed_at("0/3000");
     h.client_got();
     h.client(&[query("select 1")]);
+    h
+}
+
+#[test]
+fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
+    let mut h = read_after_write_near_a_lagging_replica();
     h.grant(Slot::Replica);
     let got = h.server_got(Slot::Replica);
     assert_eq!(tags(&got), "Q", "only the wait goes out first");
@@ -201,15 +208,7 @@ fn a_read_waits_on_its_near_replica_until_it_has_replayed_the_write() {
 
 #[test]
 fn a_waiting_read_whose_replica_cannot_be_leased_runs_on_the_primary_without_the_wait() {
-    let mut h = Harness::with(YAML, "routing: { causal_wait_max: 200ms }\n");
-    h.set_health(|ch| {
-        ch.primary.rtt = Some(Duration::from_millis(180));
-        ch.replicas[0].rtt = Some(Duration::from_millis(1));
-        ch.replicas[0].lag = Some(Duration::from_millis(30));
-    });
-    h.write_committed_at("0/3000");
-    h.client_got();
-    h.client(&[query("select 1")]);
+    let mut h = read_after_write_near_a_lagging_replica();
     h.take_acquire(Slot::Replica);
     let e = crate::error::ClientError::error("08006", "down");
     h.run(|eng, b, env| eng.on_acquire_failed(Slot::Replica, e, b, env));
