@@ -366,11 +366,22 @@ impl Batch {
 /// Combines the classes of statements executed in one batch: reads stay reads; one
 /// non-read statement decides; several non-read statements are a write (pins win).
 pub fn combine(a: Class, b: &Class) -> Class {
+    let for_the_proxy = |c: &Class| {
+        matches!(
+            c,
+            Class::RouteHint(_) | Class::CausalToken(_) | Class::ShowCausalToken
+        )
+    };
     match (a, b) {
         (Class::Pin(p), _) => Class::Pin(p),
         (_, Class::Pin(p)) => Class::Pin(*p),
-        (Class::Read | Class::Empty, other) => other.clone(),
-        (other, Class::Read | Class::Empty) => other,
+        (Class::Empty, other) => other.clone(),
+        (other, Class::Empty) => other,
+        // The proxy answers its own statements only alone in their batch: beside anything
+        // else, the batch goes to the primary as it is (the server runs everything in it).
+        (a, b) if for_the_proxy(&a) || for_the_proxy(b) => Class::Unknown,
+        (Class::Read, other) => other.clone(),
+        (other, Class::Read) => other,
         _ => Class::Write,
     }
 }

@@ -241,6 +241,24 @@ fn classes_combine_to_the_strongest() {
             Class::Pin(PinReason::Listen),
         ),
         (Class::Begin { read_only: None }, Class::Write, Class::Write),
+        // The proxy's own statements: answered by it only alone in their batch.
+        (
+            Class::Empty,
+            Class::RouteHint(crate::classify::Hint::Primary),
+            Class::RouteHint(crate::classify::Hint::Primary),
+        ),
+        (
+            Class::Read,
+            Class::RouteHint(crate::classify::Hint::Primary),
+            Class::Unknown,
+        ),
+        (Class::ShowCausalToken, Class::Read, Class::Unknown),
+        (Class::CausalToken(None), Class::Write, Class::Unknown),
+        (
+            Class::ShowCausalToken,
+            Class::Pin(PinReason::Listen),
+            Class::Pin(PinReason::Listen),
+        ),
     ];
     for (a, b, want) in cases {
         assert_eq!(combine(a.clone(), &b), want, "{a:?} + {b:?}");

@@ -1,7 +1,8 @@
 //! Batches that go out before their Sync (a Flush, a quiet client) and what follows them:
 //! the rest of such a batch may write, so it goes to the primary; a lone Flush needs no server;
 //! a proxy answer behind an open batch is not held forever; an error in such a batch skips to
-//! its Sync; answers the proxy gives itself wait for a client that does not read them.
+//! its Sync; answers the proxy gives itself wait for a client that does not read them; a proxy
+//! statement is answered by the proxy only alone in its batch.
 
 use super::*;
 
@@ -121,4 +122,22 @@ fn answers_the_proxy_gives_itself_wait_for_a_client_that_does_not_read() {
     assert!(!h.engine.wants_client_input(&h.b, 100_000));
     h.b.client_out.clear();
     assert!(h.engine.wants_client_input(&h.b, 100_000));
+}
+
+#[test]
+fn a_proxy_statement_beside_another_in_one_batch_leaves_the_batch_to_the_server() {
+    let mut h = Harness::new();
+    h.client(&[
+        parse("", "select 1"),
+        bind(""),
+        execute(),
+        parse("", "SET pgmeridian.route = primary"),
+        bind(""),
+        execute(),
+        sync(),
+    ]);
+    assert!(h.client_got().is_empty(), "nothing answered by the proxy");
+    h.grant(Slot::Primary);
+    // Run as a possible write (then the commit-position query).
+    assert_eq!(tags(&h.server_got(Slot::Primary)), "PBEPBESQ");
 }
