@@ -198,6 +198,16 @@ pub enum Class {
     ShowCausalToken,
 }
 
+impl Class {
+    /// A statement the proxy answers itself (route hint, causal token), never a server.
+    pub fn is_for_the_proxy(&self) -> bool {
+        matches!(
+            self,
+            Class::RouteHint(_) | Class::CausalToken(_) | Class::ShowCausalToken
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Setting {
     /// `name` lowercase canonical; `value` the trimmed raw text after TO / = (e.g. "'UTC'", "public, app", "on", "default").

@@ -225,8 +225,14 @@ impl Drop for Waiting<'_> {
 struct Opening<'a>(Option<&'a Pool>);
 
 impl<'a> Opening<'a> {
-    /// For a connection already counted in `open`.
+    /// For a connection already counted in `open` (taken from the idle ones).
     fn counted(pool: &'a Pool) -> Opening<'a> {
+        Opening(Some(pool))
+    }
+
+    /// For a connection about to be opened: counts it in `open` now (`inner` is `pool`'s).
+    fn count(pool: &'a Pool, inner: &mut Inner) -> Opening<'a> {
+        inner.open += 1;
         Opening(Some(pool))
     }
 
@@ -429,8 +435,7 @@ impl Pool {
         }
         let (user, opening) = {
             let mut inner = self.lock();
-            inner.open += 1;
-            (inner.user.clone(), Opening::counted(self))
+            (inner.user.clone(), Opening::count(self, &mut inner))
         };
         match ServerConn::open(&self.node, &user, &connect).await {
             Ok((conn, params)) => {

@@ -93,8 +93,7 @@ impl Pool {
                     self.give_back_permit(permit);
                     return;
                 }
-                inner.open += 1;
-                (inner.user.clone(), super::Opening::counted(self))
+                (inner.user.clone(), super::Opening::count(self, &mut inner))
             };
             match ServerConn::open(&self.node, &user, &connect).await {
                 Ok((conn, params)) => {

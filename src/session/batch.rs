@@ -274,9 +274,6 @@ pub struct Batch {
     pub simple_query: bool,
     /// A session setting the batch executes, and the SQL to replay it elsewhere.
     pub setting: Option<Box<(Setting, Arc<str>)>>,
-    /// Combined class of the statements the batch Parses: decides where a batch that goes out
-    /// before its Sync (after Flush) must run, since its Bind/Execute follow it there.
-    pub parse_class: Option<Class>,
     /// `DEALLOCATE` run by a simple query: `Some(None)` for ALL, `Some(Some(name))` for one.
     pub deallocate: Option<Option<String>>,
     /// An extended-protocol batch (its Sync is ignored if it starts a COPY FROM).
@@ -366,12 +363,6 @@ impl Batch {
 /// Combines the classes of statements executed in one batch: reads stay reads; one
 /// non-read statement decides; several non-read statements are a write (pins win).
 pub fn combine(a: Class, b: &Class) -> Class {
-    let for_the_proxy = |c: &Class| {
-        matches!(
-            c,
-            Class::RouteHint(_) | Class::CausalToken(_) | Class::ShowCausalToken
-        )
-    };
     match (a, b) {
         (Class::Pin(p), _) => Class::Pin(p),
         (_, Class::Pin(p)) => Class::Pin(*p),
@@ -379,7 +370,7 @@ pub fn combine(a: Class, b: &Class) -> Class {
         (other, Class::Empty) => other,
         // The proxy answers its own statements only alone in their batch: beside anything
         // else, the batch goes to the primary as it is (the server runs everything in it).
-        (a, b) if for_the_proxy(&a) || for_the_proxy(b) => Class::Unknown,
+        (a, b) if a.is_for_the_proxy() || b.is_for_the_proxy() => Class::Unknown,
         (Class::Read, other) => other.clone(),
         (other, Class::Read) => other,
         _ => Class::Write,
@@ -483,10 +474,6 @@ pub fn add(
                 }
             };
             batch.extended = true;
-            batch.parse_class = Some(match batch.parse_class.take() {
-                None => def.class.clone(),
-                Some(prev) => combine(prev, &def.class),
-            });
             batch.add_class(&Class::Empty, None);
             let m = if name.is_empty() {
                 statements.define("", def.clone());

@@ -220,7 +220,6 @@ fn prepare_only_batches_with_flush_are_neutral_and_sync_only_is_inert() {
     add_(&mut b, &mut st, msg(b'D', &[b"S", b"s\0"])).unwrap();
     assert_eq!(add_(&mut b, &mut st, msg(b'H', &[])), Ok(Step::Send));
     assert_eq!(b.class, Some(Class::Empty));
-    assert_eq!(b.parse_class, Some(Class::Write));
     assert!(!b.completes && !b.inert);
     let mut s = Batch::default();
     add_(&mut s, &mut st, msg(b'S', &[])).unwrap();
